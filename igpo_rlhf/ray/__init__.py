@@ -1,0 +1,1 @@
+"""Ray actors (rollout, policy, reference, critic, belief scorer) and the training controller."""

@@ -1,0 +1,1 @@
+"""Multi-turn agent rollouts: protocols, the agent loop, generator engines."""

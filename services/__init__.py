@@ -1,0 +1,1 @@
+"""services: stand-alone services (the search proxy)."""

@@ -63,6 +63,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+SEARCH_CONFIG ?= configs/search/bm25_wiki.yaml
+search-proxy: $(STAMP)
+	$(PY) -m services.search_proxy --config $(SEARCH_CONFIG)
+
 demo: $(STAMP)
 	@echo "make demo: not yet available (the training pipeline lands with issue 5)"; exit 1
 

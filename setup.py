@@ -15,7 +15,8 @@ from setuptools import find_packages, setup
 CORE = [
     # torch pinned so a CPU machine takes the local CPU wheel instead of ~3 GB of CUDA wheels.
     "torch==2.13.0",
-    "transformers>=5.15,<6",
+    # one transformers range for CPU and GPU installs: vllm 0.32.0 (the gpu extra) needs <5.20.
+    "transformers>=5.16.1,<5.20",
     "tokenizers>=0.22",
     "safetensors",
     "ray[default]>=2.55,<3",
@@ -40,7 +41,7 @@ CORE = [
 ]
 
 GPU = [
-    "vllm==0.32.0",
+    "vllm==0.32.0",  # the release built against torch 2.13.0
     "flash-attn==2.8.3.post2",
 ]
 

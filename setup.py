@@ -42,7 +42,7 @@ CORE = [
 
 GPU = [
     "vllm==0.32.0",  # the release built against torch 2.13.0
-    "flash-attn==2.8.3.post2",
+    "flash-attn==2.8.3",  # the version openrlhf 0.11.2 pins
 ]
 
 DEV = [

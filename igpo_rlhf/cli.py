@@ -3,6 +3,7 @@
     igpo train -c CONFIG [--set key=value ...] [--resume]
     igpo make-tiny-model OUT [options]
     igpo build-world OUT [options]
+    igpo config [-c CONFIG] [--set key=value ...] [--schema]
 
 Each sub-command lives in the module that implements it, as a `main(argv)` function, and is
 imported only when called, so `igpo --help` stays fast.
@@ -17,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("igpo_rlhf.ray.train", "train a policy with IGPO, GRPO or PPO from a config file"),
     "make-tiny-model": ("igpo_rlhf.data.tiny_model", "build the tiny warm-started demo model"),
     "build-world": ("igpo_rlhf.data.world", "render the built-in fictional world (corpus + QA)"),
+    "config": ("igpo_rlhf.config", "print a resolved config, or every field with its help (--schema)"),
 }
 
 
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"igpo: unknown command {name!r}; accepted: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"igpo: unknown command {name!r}; accepted: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)

@@ -1,0 +1,455 @@
+"""One validated configuration for the whole system.
+
+Every field has a type, a default and a help string; each default is set here and only here.
+A config is a YAML file whose top-level keys are the sections below, plus `--set a.b=c`
+overrides (values parsed as YAML, so `--set rollout.n_samples=8` gives an int). An unknown key, a
+wrong type or an out-of-range value is a `ConfigError` naming the dotted key and what is accepted.
+
+    cfg = load_config("configs/demo.yaml", ["algorithm.estimator=grpo"])
+    cfg.algorithm.estimator  # "grpo"
+
+`igpo config -c FILE [--set ...]` prints the resolved config; `igpo config --schema` every field
+with its help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.search_proxy.settings import ProxySettings
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------- model
+class ModelConfig(_Section):
+    path: str = Field(
+        "runs/tiny-model",
+        description="Policy checkpoint: a local directory in Hugging Face format (config + weights + tokenizer). "
+        "`igpo make-tiny-model DIR` builds the demo one. No hub downloads.",
+    )
+    ref_path: str | None = Field(
+        None, description="Reference model for the KL term; defaults to `path` (the initial policy)."
+    )
+    critic_path: str | None = Field(
+        None,
+        description="Critic initialisation (estimator=ppo only); defaults to `path` with a fresh value head.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype of every model copy (bfloat16 on GPUs; float32 on CPU)."
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa",
+        description="Attention kernel for training and reference passes. The belief scorer always uses sdpa "
+        "(it needs a float 4D mask).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the policy backward pass."
+    )
+    trust_remote_code: bool = Field(False, description="Passed to from_pretrained for custom architectures.")
+
+
+# ----------------------------------------------------------------------------------------- algorithm
+class AlgorithmConfig(_Section):
+    estimator: Literal["igpo", "grpo", "ppo"] = Field(
+        "igpo",
+        description="Advantage estimator: igpo (turn-level information gain + outcome), grpo (outcome only, "
+        "group-normalised), ppo (GAE with a critic).",
+    )
+    ig_kind: Literal["prob_diff", "log_prob_diff"] = Field(
+        "prob_diff",
+        description="IG reward r_{i,t}: b_t - b_{t-1} (the paper's formula) or log b_t - log b_{t-1}.",
+    )
+    norm: Literal["joint", "separate"] = Field(
+        "joint",
+        description="Group normalisation pool: joint (all turn rewards of the group together) or separate "
+        "(IG rewards among IG rewards, outcomes among outcomes).",
+    )
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Turn discount γ in Â_{i,t} = Σ_k γ^{k-t} r̃_{i,k}.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ (estimator=ppo only).")
+    gae_gamma: float = Field(
+        1.0, ge=0.0, le=1.0, description="Token-level discount for GAE (estimator=ppo only)."
+    )
+    alias_reduce: Literal["first", "max"] = Field(
+        "max",
+        description="Belief over gold aliases: max (best alias; ours) or first (the paper's code).",
+    )
+    answer_probe: str = Field(
+        "<answer>",
+        description="Answer probe: the text that opens an answer in the template; the belief is the mean "
+        "log-prob of the gold answer after context + probe.",
+    )
+    outcome_metric: Literal["f1", "em", "cover_em"] = Field(
+        "f1", description="Outcome reward r_{i,T}: F1 (default), exact match or cover exact match."
+    )
+    f1_variant: Literal["squad", "igpo"] = Field(
+        "squad",
+        description="F1 flavour: squad normalisation, or the IGPO paper's scorer (to compare with its numbers).",
+    )
+    format_penalty: float = Field(
+        -2.0, le=0.0, description="Outcome reward of a trajectory without a well-formed answer."
+    )
+    adv_eps: float = Field(1e-6, gt=0.0, description="ε in r̃ = (r - mean) / (std + ε).")
+    clip_eps_low: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip below: 1 - ε_low.")
+    clip_eps_high: float = Field(0.2, gt=0.0, description="PPO ratio clip above: 1 + ε_high.")
+    dual_clip: float | None = Field(
+        None, gt=1.0, description="Dual-clip constant c (> 1) for negative advantages; null disables it."
+    )
+    kl_coef: float = Field(
+        0.001, ge=0.0, description="Coefficient of the KL-to-reference loss term (0 disables)."
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
+    entropy_coef: float = Field(0.0, ge=0.0, description="Entropy bonus coefficient (0 disables).")
+    loss_agg: Literal["token_mean", "seq_mean"] = Field(
+        "token_mean",
+        description="Loss aggregation over tokens: token_mean or seq_mean (mean of per-sequence means).",
+    )
+    value_clip: float = Field(0.2, gt=0.0, description="Critic value clip (estimator=ppo only).")
+
+
+# ------------------------------------------------------------------------------------------- rollout
+SEARCH_R1_PROMPT = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
+    "new information. After reasoning, if you find you lack some knowledge, you can call a search engine by "
+    "<search> query </search> and it will return the top searched results between <information> and "
+    "</information>. You can search as many times as you want. If you find no further external knowledge "
+    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
+    "For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+
+
+class VLLMConfig(_Section):
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM KV-cache memory share.")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes across turns.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (debugging).")
+    max_model_len: int | None = Field(None, ge=1, description="Defaults to rollout.max_total_tokens.")
+    sync_backend: Literal["nccl", "gloo"] = Field(
+        "nccl", description="Weight broadcast backend to the engines."
+    )
+
+
+class RolloutConfig(_Section):
+    protocol: Literal["search_r1", "tool_call"] = Field(
+        "search_r1",
+        description="Agent protocol: search_r1 tags (<search>, <information>, <answer>) or the chat template's "
+        "tool calls with a `search` tool.",
+    )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Generator: hf (transformers generate; CPU/GPU) or vllm (GPU only)."
+    )
+    prompt_template: str = Field(
+        SEARCH_R1_PROMPT, description="User prompt; `{question}` is replaced by the question."
+    )
+    system_prompt: str | None = Field(None, description="System message (chat templates only).")
+    use_chat_template: bool = Field(
+        False, description="Wrap the prompt with the tokenizer's chat template (instruct models)."
+    )
+    n_samples: int = Field(16, ge=1, description="Rollouts per prompt: the group size n.")
+    max_turns: int = Field(10, ge=1, description="Turns per trajectory before it is cut off.")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(-1, ge=-1, description="Top-k sampling (-1 disables).")
+    max_new_tokens: int = Field(512, ge=1, description="Generated tokens per turn.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts are an error naming the row.")
+    max_total_tokens: int = Field(8192, ge=16, description="Prompt + all turns + observations; then cut off.")
+    max_observation_tokens: int = Field(
+        512, ge=1, description="Observations are truncated to this many tokens."
+    )
+    search_top_k: int = Field(3, ge=1, le=50, description="Passages per search query.")
+    observation_template: str = Field(
+        "\n\n<information>{documents}</information>\n\n",
+        description="Observation text after a search turn; `{documents}` is the rendered passages.",
+    )
+    document_template: str = Field(
+        "Doc {rank}(Title: {title}) {text}\n",
+        description="One passage inside an observation: fields {rank}, {title}, {text}, {query}.",
+    )
+    batch_size: int = Field(64, ge=1, description="Trajectories generated together per engine call.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine options (engine=vllm).")
+
+
+# -------------------------------------------------------------------------------------------- search
+class SearchConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="URL of a running search proxy (or any Search-R1 /retrieve-compatible server through our "
+        "proxy's `remote` backend). Null: the driver starts a local proxy with `proxy` settings.",
+    )
+    proxy: ProxySettings = Field(
+        default_factory=ProxySettings, description="Settings of the proxy the driver starts when url is null."
+    )
+    timeout_s: float = Field(30.0, gt=0.0, description="Client timeout per search request.")
+    retries: int = Field(2, ge=0, description="Client retries (with backoff) before an error observation.")
+    token_env: str | None = Field(
+        None, description="Environment variable holding the proxy's bearer token, when auth is on."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- data
+class WorldConfig(_Section):
+    seed: int = Field(0, description="Seed of the built-in fictional world (same seed, same world).")
+    n_people: int = Field(60, ge=4, description="People in the fictional knowledge base.")
+    n_train: int = Field(400, ge=1, description="Training questions rendered from the world.")
+    n_test: int = Field(100, ge=1, description="Held-out questions rendered from the world.")
+    max_hops: int = Field(3, ge=1, le=3, description="Questions take 1 to max_hops searches.")
+
+
+class DataConfig(_Section):
+    train: list[str] = Field(
+        default_factory=lambda: ["world:train"],
+        description="Training question files: DeepResearcher/Search-R1 parquet, R1-Searcher or our jsonl; "
+        "`world:train` / `world:test` are the built-in world's splits.",
+    )
+    eval: list[str] = Field(default_factory=list, description="Evaluation question files (same formats).")
+    format: Literal["auto", "deepresearcher", "search_r1", "r1searcher", "jsonl"] = Field(
+        "auto", description="Row format of the files; auto detects it from the columns."
+    )
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training questions.")
+    shuffle: bool = Field(
+        True, description="Shuffle the training questions each epoch (seeded by train.seed)."
+    )
+    world: WorldConfig = Field(
+        default_factory=WorldConfig, description="The built-in world (`world:` entries)."
+    )
+
+
+# --------------------------------------------------------------------------------------------- train
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1, description="Training steps (one step = prompts_per_step × n rollouts).")
+    prompts_per_step: int = Field(32, ge=1, description="Prompts sampled per step.")
+    lr: float = Field(1e-6, gt=0.0, description="Policy learning rate.")
+    critic_lr: float = Field(9e-6, gt=0.0, description="Critic learning rate (estimator=ppo only).")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
+        "constant", description="Learning-rate schedule."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Warmup optimiser steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient norm clip.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward on each policy actor.")
+    mini_batches: int = Field(
+        1, ge=1, description="Optimiser steps per epoch (the step's rollouts split evenly)."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of policy and critic.")
+    offload: bool = Field(False, description="DeepSpeed optimizer offload to CPU (GPU runs).")
+    seed: int = Field(42, description="Seed of data order, sampling and initialisation.")
+
+
+# ----------------------------------------------------------------------------------------- resources
+class RoleResources(_Section):
+    num_actors: int = Field(1, ge=1, description="Actors in this role.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor (fractions allowed when colocated).")
+    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per actor (Ray logical CPUs).")
+
+
+class ResourcesConfig(_Section):
+    ray_address: str | None = Field(
+        None, description="Ray cluster address ('auto' under `ray job submit`); null starts a local Ray."
+    )
+    rollout: RoleResources = Field(default_factory=RoleResources, description="Rollout (generator) actors.")
+    policy: RoleResources = Field(default_factory=RoleResources, description="DeepSpeed policy actors.")
+    reference: RoleResources = Field(default_factory=RoleResources, description="Frozen reference actors.")
+    critic: RoleResources = Field(default_factory=RoleResources, description="Critic actors (ppo only).")
+    scorer: RoleResources = Field(default_factory=RoleResources, description="Belief scorer actors.")
+    colocate: bool = Field(
+        False,
+        description="Place policy, reference, critic and scorer actors on the same GPUs (one placement group).",
+    )
+
+
+class ScorerConfig(_Section):
+    token_budget: int = Field(
+        16384, ge=64, description="Tokens per scorer forward pass; trajectories are split to stay under it."
+    )
+
+
+# ------------------------------------------------------------------------------------------- logging
+class LoggingConfig(_Section):
+    run_dir: str = Field(
+        "runs/igpo", description="Metrics, TensorBoard logs, rollouts and checkpoints go here."
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard event files under run_dir/tensorboard.")
+    wandb_project: str | None = Field(None, description="Also log to Weights & Biases under this project.")
+    wandb_run_name: str | None = Field(None, description="W&B run name (defaults to the run_dir name).")
+    save_rollouts: bool = Field(True, description="Save every step's rollouts as JSON lines for the viewer.")
+    progress_bar: bool = Field(True, description="A progress bar over the run on stderr.")
+
+
+class CheckpointConfig(_Section):
+    every_n_steps: int = Field(10, ge=1, description="Save a checkpoint every N steps (and at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
+
+
+# -------------------------------------------------------------------------------------------- config
+class Config(_Section):
+    """The whole system's configuration."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model checkpoints and dtype.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="IGPO / GRPO / PPO.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Multi-turn agent rollouts.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="The search proxy.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training questions.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray actors per role.")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Belief scorer.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and rollouts.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpointing.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        r = self.rollout
+        if r.max_prompt_tokens >= r.max_total_tokens:
+            raise ValueError(
+                f"rollout.max_prompt_tokens ({r.max_prompt_tokens}) must be below "
+                f"rollout.max_total_tokens ({r.max_total_tokens})"
+            )
+        if self.algorithm.estimator in ("igpo", "grpo") and r.n_samples < 2:
+            raise ValueError(
+                f"rollout.n_samples is {r.n_samples}; estimator={self.algorithm.estimator} normalises within "
+                "groups of rollouts of one prompt, so it needs n_samples >= 2"
+            )
+        if r.engine == "vllm" and self.resources.rollout.num_gpus <= 0:
+            raise ValueError(
+                "rollout.engine=vllm needs resources.rollout.num_gpus > 0 (vLLM runs on GPUs only)"
+            )
+        if "{question}" not in r.prompt_template:
+            raise ValueError("rollout.prompt_template must contain the placeholder {question}")
+        if "{documents}" not in r.observation_template:
+            raise ValueError("rollout.observation_template must contain the placeholder {documents}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; accepted here: {', '.join(_accepted_keys(e['loc']))}")
+            continue
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _accepted_keys(loc: tuple) -> list[str]:
+    """Field names of the section that holds `loc` (for 'unknown key' messages)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return list(model.model_fields)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {dotted!r}: empty key segment; expected a.b.c=value")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` → ("a.b", yaml value of c)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. rollout.n_samples=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None), apply `a.b=c` overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {p}: top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
+        tree = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what a run directory stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def describe_schema(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, type, default, help."""
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}:  # {field.description}")
+            lines += describe_schema(ann, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_s = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        lines.append(f"{key} = {default!r}  [{type_s}]  {field.description}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`igpo config`: print the resolved config, or the schema with every field's help."""
+    ap = argparse.ArgumentParser(prog="igpo config", description=main.__doc__)
+    ap.add_argument("-c", "--config", help="YAML config file (defaults when omitted)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--schema", action="store_true", help="list every field with its default and help")
+    args = ap.parse_args(argv)
+    if args.schema:
+        print("\n".join(describe_schema()))
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(dump_config(cfg), end="")
+    return 0

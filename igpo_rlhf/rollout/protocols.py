@@ -25,9 +25,10 @@ Parsing rules (both protocols; a rule that fails gives `Action(kind="invalid", e
 - The answer is `igpo_rlhf.rewards.extract_answer` of the turn (the last well-formed `<answer>...</answer>`,
   non-blank), so rollout and reward agree on what a well-formed answer is.
 
-Token layout (what the agent loop appends, and what demonstrations should reproduce): the prompt ids are
-`tokenizer.encode(prompt_text(q), add_special_tokens=not use_chat_template)`; every generated turn is the
-sampled ids; every observation is `observation_ids(results, error, max_tokens)`, tokenised on its own.
+Token layout (what the agent loop appends, and what demonstrations should reproduce): the prompt is
+`prompt_ids(q)`; every generated turn is the sampled ids (for a demonstration: the turn text tokenised on
+its own, `add_special_tokens=False`); every observation is `observation_ids(results, error, max_tokens=...)`,
+tokenised on its own.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class AgentProtocol(Protocol):
     answer_probe_text: str
 
     def prompt_text(self, question: str) -> str: ...
+    def prompt_ids(self, question: str) -> list[int]: ...
     def parse(self, turn_text: str) -> Action: ...
     def observation_text(
         self, results: list[list[dict]] | None, error: str | None = None, queries: list[str] | None = None
@@ -281,6 +283,12 @@ class SearchR1Protocol:
             _chat_prompt(self.tokenizer, self.system_prompt, user, None) if self.use_chat_template else user
         )
 
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of prompt_text; the tokenizer's BOS is added unless the chat template holds it."""
+        return self.tokenizer.encode(
+            self.prompt_text(question), add_special_tokens=not self.use_chat_template
+        )
+
     def parse(self, turn_text: str) -> Action:
         """One generated turn → Action (rules in the module docstring)."""
         return _parse_turn(turn_text, _SEARCH_BLOCK, "search", _read_search_r1_call)
@@ -367,6 +375,10 @@ class ToolCallProtocol:
         """The chat-template prompt: optional system message, tools, user message, assistant header."""
         user = _fill_question(self.prompt_template, question)
         return _chat_prompt(self.tokenizer, self.system_prompt, user, [SEARCH_TOOL])
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of prompt_text (the chat template holds any BOS)."""
+        return self.tokenizer.encode(self.prompt_text(question), add_special_tokens=False)
 
     def parse(self, turn_text: str) -> Action:
         """One generated turn → Action (rules in the module docstring)."""

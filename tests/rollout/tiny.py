@@ -76,8 +76,12 @@ def make_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
-    """A random 2-layer Qwen2 (~60k parameters) over the tokenizer's vocabulary."""
+def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, init_std: float = 0.5) -> Qwen2ForCausalLM:
+    """A random 2-layer Qwen2 (~40k parameters) over the tokenizer's vocabulary.
+
+    Matrices are drawn with std `init_std` (default 0.5, far above the usual 0.02) so that greedy outputs
+    depend on the context instead of repeating one token: batching and stopping bugs then show.
+    """
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -92,7 +96,12 @@ def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCau
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    return Qwen2ForCausalLM(config).eval()
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, init_std)
+    return model
 
 
 def save_tiny(out: Path, seed: int = 0) -> Path:

@@ -1,0 +1,314 @@
+"""Beliefs log b_{i,t} at every belief point and the old log-probs, from one pass over each trajectory.
+
+For a batch of trajectories (right-padded):
+
+1. Trajectory pass: one causal pass over the tokens, keeping the KV cache (transformers' DynamicCache). Its
+   hidden states give the token log-probs log π(ids[j] | ids[:j]) that PPO needs as old log-probs. Right padding
+   keeps every real token at its true RoPE position 0, 1, ...; padding only ever follows real tokens, so under
+   the causal mask no real token sees it.
+2. Probe pass: every probe block (probe + answer[:-1], one per belief point and alias) in one forward against
+   that cache, with explicit position_ids p, p+1, ... and a rectangular additive mask [B, 1, Q, L + Q] in which
+   each block sees the cache up to its belief point p and itself causally (`block_attention_mask`). Its hidden
+   states give log π(a_j | ids[:p], probe, a_<j) for every answer token.
+
+The cost over the old-log-prob pass is the probe tokens only, and memory is linear in the context length (no
+L x L mask: the trajectory pass lets sdpa apply causality itself). We write this ourselves: OpenRLHF computes
+log-probs with one plain forward per sequence and has no per-turn belief.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from igpo_rlhf.scoring.inputs import TokenIds, Trajectory, check_inputs
+from igpo_rlhf.scoring.masks import block_attention_mask
+from igpo_rlhf.scoring.plan import ProbeBlock, batches_within_budget, probe_rounds
+
+DEFAULT_TOKEN_BUDGET = 16384  # padded query tokens per forward pass, and rows × longest row per batch
+DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] logits at most
+
+
+@dataclass
+class ScoreResult:
+    """What the scorer returns for a batch of trajectories."""
+
+    beliefs: list[
+        list[float]
+    ]  # per trajectory, per belief point: log b_{i,t}, the answer's mean token log-prob
+    token_log_probs: list[
+        torch.Tensor
+    ]  # per trajectory, float32 [len(seq)]: entry j = log π(seq[j] | seq[:j])
+    # with temperature-scaled logits; 0 at j = 0 and where the action mask is 0
+
+
+def score_trajectories(
+    model: PreTrainedModel,
+    sequences: Sequence[TokenIds],
+    belief_points: Sequence[Sequence[int]],
+    probe_ids: TokenIds,
+    answers: Sequence[Sequence[TokenIds]] | None,
+    *,
+    action_masks: Sequence[TokenIds] | None = None,
+    alias_reduce: str = "max",
+    temperature: float = 1.0,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    logits_chunk: int = DEFAULT_LOGITS_CHUNK,
+) -> ScoreResult:
+    """Beliefs at every belief point and the token log-probs of every trajectory, from the same pass.
+
+    log b_{i,t} = (1/A) Σ_j log π(a_j | sequences[i][:p], probe_ids, a_<j) at belief point p = belief_points[i][t],
+    for each gold alias a = answers[i][m] (A tokens); `alias_reduce="max"` keeps the best alias, `"first"` scores
+    the first alias only. Beliefs use the policy's own probabilities (temperature 1.0); token log-probs use
+    `temperature`, as the sampler did. A trajectory with no belief points costs no probe work (GRPO and PPO runs
+    pass empty belief point lists and `answers=None`).
+
+    model: a causal LM from transformers loaded with attn_implementation="sdpa", any device and dtype.
+    action_masks[i]: 0/1 per token of sequences[i]; token log-probs are computed only where it is 1.
+    token_budget: most padded tokens per forward pass (and rows × longest row per batch, the KV cache size).
+    logits_chunk: most hidden states projected to the vocabulary at once.
+    Raises ValueError naming the trajectory for bad input (a belief point outside 1..len, an empty answer, ids
+    outside the vocabulary, lists of different lengths).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    return _score(
+        model,
+        sequences,
+        belief_points,
+        probe_ids,
+        answers,
+        action_masks=action_masks,
+        alias_reduce=alias_reduce,
+        temperature=temperature,
+        token_budget=token_budget,
+        logits_chunk=logits_chunk,
+        with_token_log_probs=True,
+    )
+
+
+def score_beliefs(
+    model: PreTrainedModel,
+    sequences: Sequence[TokenIds],
+    belief_points: Sequence[Sequence[int]],
+    probe_ids: TokenIds,
+    answers: Sequence[Sequence[TokenIds]],
+    *,
+    alias_reduce: str = "max",
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    logits_chunk: int = DEFAULT_LOGITS_CHUNK,
+) -> list[list[float]]:
+    """Beliefs log b_{i,t} only, per trajectory and belief point (see `score_trajectories`).
+
+    Skips the token log-probs, and each trajectory is only run up to its last belief point.
+    """
+    return _score(
+        model,
+        sequences,
+        belief_points,
+        probe_ids,
+        answers,
+        action_masks=None,
+        alias_reduce=alias_reduce,
+        temperature=1.0,
+        token_budget=token_budget,
+        logits_chunk=logits_chunk,
+        with_token_log_probs=False,
+    ).beliefs
+
+
+def _score(
+    model: PreTrainedModel,
+    sequences: Sequence[TokenIds],
+    belief_points: Sequence[Sequence[int]],
+    probe_ids: TokenIds,
+    answers: Sequence[Sequence[TokenIds]] | None,
+    *,
+    action_masks: Sequence[TokenIds] | None,
+    alias_reduce: str,
+    temperature: float,
+    token_budget: int,
+    logits_chunk: int,
+    with_token_log_probs: bool,
+) -> ScoreResult:
+    decoder, lm_head = _check_model(model)
+    for name, value in (("token_budget", token_budget), ("logits_chunk", logits_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    trajectories, probe = check_inputs(
+        sequences,
+        belief_points,
+        probe_ids,
+        answers,
+        action_masks,
+        vocab_size=model.get_input_embeddings().num_embeddings,
+        alias_reduce=alias_reduce,
+    )
+    beliefs = [[float("-inf")] * len(t.points) for t in trajectories]
+    token_log_probs = [torch.zeros(len(t.ids), dtype=torch.float32) for t in trajectories]
+
+    # How far each trajectory must be run: to its last belief point, and to its second-to-last token (whose
+    # hidden state predicts the last token) when token log-probs are wanted. 0: nothing to do.
+    run_lengths = [max([*t.points, len(t.ids) - 1 if with_token_log_probs else 0]) for t in trajectories]
+    todo = [i for i, n in enumerate(run_lengths) if n > 0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches_within_budget([run_lengths[i] for i in todo], token_budget):
+                rows = [todo[j] for j in batch]
+                _score_batch(
+                    decoder,
+                    lm_head,
+                    [trajectories[i] for i in rows],
+                    [run_lengths[i] for i in rows],
+                    probe,
+                    beliefs=[beliefs[i] for i in rows],
+                    token_log_probs=[token_log_probs[i] for i in rows] if with_token_log_probs else None,
+                    temperature=temperature,
+                    token_budget=token_budget,
+                    logits_chunk=logits_chunk,
+                )
+    finally:
+        model.train(was_training)
+    return ScoreResult(beliefs=beliefs, token_log_probs=token_log_probs if with_token_log_probs else [])
+
+
+def _check_model(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
+    """The decoder (hidden states) and the LM head of a causal LM whose attention takes our float 4D masks."""
+    config = model.config
+    if config._attn_implementation != "sdpa":
+        raise ValueError(
+            f"the model uses attn_implementation={config._attn_implementation!r}; the scorer needs 'sdpa' "
+            "(load it with from_pretrained(..., attn_implementation='sdpa')), which applies our 4D float masks"
+        )
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        raise ValueError(
+            f"the model has attention layers {sorted(layer_types)}; the scorer supports full attention only"
+        )
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1.0):
+            raise ValueError(
+                f"the model's config sets {name}; the scorer reads logits straight from the LM head"
+            )
+    lm_head = model.get_output_embeddings()
+    if lm_head is None:
+        raise ValueError(f"{type(model).__name__} has no LM head: give a causal LM (AutoModelForCausalLM)")
+    return model.get_decoder(), lm_head
+
+
+def _score_batch(
+    decoder: nn.Module,
+    lm_head: nn.Module,
+    trajectories: list[Trajectory],
+    run_lengths: list[int],
+    probe: list[int],
+    *,
+    beliefs: list[list[float]],
+    token_log_probs: list[torch.Tensor] | None,
+    temperature: float,
+    token_budget: int,
+    logits_chunk: int,
+) -> None:
+    """Scores one batch in place: the trajectory pass (and its token log-probs), then the probe rounds."""
+    device = lm_head.weight.device
+    dtype = lm_head.weight.dtype
+    n_rows, width = len(trajectories), max(run_lengths)
+
+    input_ids = torch.zeros(n_rows, width, dtype=torch.long)  # [B, W] right-padded with id 0
+    target_ids = torch.zeros(n_rows, width, dtype=torch.long)  # [B, W] target_ids[b, t] = ids[t + 1]
+    wanted = torch.zeros(n_rows, width, dtype=torch.bool)  # [B, W] hidden state t predicts a wanted log-prob
+    for b, (t, n) in enumerate(zip(trajectories, run_lengths, strict=True)):
+        input_ids[b, :n] = t.ids[:n]
+        if token_log_probs is not None:
+            n_targets = len(t.ids) - 1
+            target_ids[b, :n_targets] = t.ids[1:]
+            wanted[b, :n_targets] = True if t.action_mask is None else t.action_mask[1:]
+
+    # 1. trajectory pass, in chunks of at most token_budget padded tokens (one chunk unless a single trajectory
+    # exceeds the budget). The first chunk passes no mask so sdpa applies causality itself (no W x W mask);
+    # a later chunk sees the whole cache and itself causally.
+    cache = DynamicCache(config=decoder.config)
+    chunk = max(1, token_budget // n_rows)
+    for start in range(0, width, chunk):
+        end = min(width, start + chunk)
+        mask = None
+        if start > 0:
+            cache_limit = torch.full((n_rows, end - start), start, device=device)
+            mask = block_attention_mask(cache_limit, torch.zeros_like(cache_limit), start, dtype)
+        hidden = decoder(
+            input_ids=input_ids[:, start:end].to(device),
+            position_ids=torch.arange(start, end, device=device).expand(n_rows, -1),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # [B, C, H]
+        if token_log_probs is not None:
+            rows, cols = wanted[:, start:end].nonzero(as_tuple=True)  # hidden state at start + col
+            log_probs = _log_probs(
+                lm_head,
+                hidden[rows.to(device), cols.to(device)],
+                target_ids[rows, start + cols],
+                temperature,
+                logits_chunk,
+            ).cpu()
+            for b in range(n_rows):
+                of_row = rows == b
+                token_log_probs[b][start + cols[of_row] + 1] = log_probs[of_row]
+
+    # 2. probe rounds against the cache of the trajectory pass (cropped back after each round)
+    rows_of_blocks = [
+        [
+            ProbeBlock(row=b, point=k, alias=m, position=p, answer=alias)
+            for k, p in enumerate(t.points)
+            for m, alias in enumerate(t.aliases)
+        ]
+        for b, t in enumerate(trajectories)
+    ]
+    for probe_round in probe_rounds(rows_of_blocks, probe, row_budget=max(1, token_budget // n_rows)):
+        mask = block_attention_mask(
+            probe_round.cache_limit.to(device), probe_round.block_start.to(device), width, dtype
+        )  # [B, 1, Q, W + Q]
+        hidden = decoder(
+            input_ids=probe_round.input_ids.to(device),
+            position_ids=probe_round.position_ids.to(device),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # [B, Q, H]
+        cache.crop(
+            -probe_round.input_ids.shape[1]
+        )  # forget the probe tokens: the next round sees the trajectory
+        answer_log_probs = _log_probs(
+            lm_head,
+            hidden[probe_round.answer_rows.to(device), probe_round.answer_cols.to(device)],
+            probe_round.answer_ids,
+            1.0,  # beliefs are the policy's own probabilities
+            logits_chunk,
+        ).cpu()  # [N]
+        sums = torch.zeros(len(probe_round.blocks), dtype=torch.float32)
+        sums.index_add_(0, probe_round.answer_block, answer_log_probs)
+        for block, total in zip(probe_round.blocks, sums.tolist(), strict=True):
+            log_b = total / len(block.answer)  # log b: mean token log-prob of this alias
+            beliefs[block.row][block.point] = max(beliefs[block.row][block.point], log_b)
+
+
+def _log_probs(
+    lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, logits_chunk: int
+) -> torch.Tensor:
+    """[N] float32 log-softmax(lm_head(hidden) / temperature)[target], projecting logits_chunk rows at a time.
+
+    hidden: [N, H]; targets: [N] token ids. Logits are upcast to float32 before the softmax.
+    """
+    targets = targets.to(hidden.device)
+    out = []
+    for start in range(0, len(hidden), logits_chunk):
+        logits = lm_head(hidden[start : start + logits_chunk]).float()  # [n, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        picked = logits.gather(-1, targets[start : start + logits_chunk, None]).squeeze(-1)
+        out.append(picked - logits.logsumexp(-1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float32, device=hidden.device)

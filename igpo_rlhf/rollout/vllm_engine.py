@@ -1,0 +1,252 @@
+"""The vLLM generator (GPU only): vLLM engines as Ray actors, behind the same `generate` as HFEngine.
+
+The only module of ours that touches vllm, and only inside functions: it imports on a CPU machine. We
+reuse OpenRLHF 0.11.2 (`openrlhf.trainer.ray.vllm_engine`, which imports vllm at its top, so it is
+imported lazily too) for what it already does well:
+- `create_vllm_engines`: placement group, per-engine bundles, `AsyncLLMEngine` in a `RolloutRayActor`
+  with OpenRLHF's `WorkerWrap` worker extension;
+- `RolloutRayActor.generate(prompt_token_ids, sampling_params)` → the final vLLM `RequestOutput`;
+- weight sync: `RolloutRayActor.init_process_group` / `update_weight` (NCCL broadcast from the policy's
+  rank 0, through vLLM's `StatelessProcessGroup` + `PyNcclCommunicator` via
+  `openrlhf.utils.distributed_util.stateless_init_process_group`).
+What OpenRLHF lacks and we add here: the multi-turn request glue (per-row budgets, stop strings kept in
+the output, per-row seeds, finish mapping to our `Generation`) and the two weight-sync calls as plain
+functions, because OpenRLHF keeps them inside its PPO actor class.
+
+How the trainer picks: `rollout.engine=hf` → `RolloutActor`s (igpo_rlhf/ray/rollout_actor.py) each hold an
+HFEngine and run the agent loop; `rollout.engine=vllm` → the driver calls `create_engines(...)`, wraps the
+handles in `VLLMEngine`, and runs `run_rollouts(VLLMEngine(...), ...)` itself (the agent loop is cheap
+CPU work; the generation runs in the engine actors), then pushes weights with `init_weight_sync` +
+`broadcast_weights` from the policy's rank 0 after every update.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from igpo_rlhf.rollout.engine import Generation, check_generate_args
+
+
+# ----------------------------------------------------------------------------------- request glue (pure)
+def sampling_kwargs(
+    *,
+    max_new_tokens: int,
+    stop_strings: list[str],
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    seed: int | None,
+) -> dict[str, Any]:
+    """Keyword arguments of `vllm.SamplingParams` for one row.
+
+    Stop strings are kept in the output (`include_stop_str_in_output=True`) so the trajectory holds every
+    sampled token; top_k=-1 (ours: disabled) becomes vLLM's preferred 0; temperature 0 is greedy in both.
+    Nothing else is set, so no repetition penalty or model default changes π_θ's distribution.
+    """
+    return {
+        "n": 1,
+        "max_tokens": max_new_tokens,
+        "stop": list(stop_strings),
+        "include_stop_str_in_output": True,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": 0 if top_k == -1 else top_k,
+        "seed": seed,
+        "skip_special_tokens": False,
+    }
+
+
+def row_seeds(seed: int | None, n: int) -> list[int | None]:
+    """A distinct seed per row (the n rollouts of one prompt must not share a seed: they would coincide)."""
+    if seed is None:
+        return [None] * n
+    return [int(s & 0x7FFFFFFF) for s in np.random.SeedSequence([seed]).generate_state(n)]
+
+
+def engine_index(context: list[int], n_engines: int) -> int:
+    """Engine for a context: a hash of its first 256 tokens, so every turn of a trajectory and every
+    rollout of one prompt go to the same engine and share its prefix cache."""
+    head = np.asarray(context[:256], dtype=np.int64).tobytes()
+    return zlib.crc32(head) % n_engines
+
+
+def to_generation(request_output: Any) -> Generation:
+    """vLLM `RequestOutput` (one completion) → Generation.
+
+    vLLM's `CompletionOutput.finish_reason` is "stop" or "length" ("abort" when the request was
+    cancelled); on "stop", `stop_reason` is the matched stop string (str), a stop token id (int) or None
+    for EOS. Our finish: a stop string → "stop", EOS or a stop token → "eos", "length" → "length".
+    """
+    outputs = request_output.outputs
+    if len(outputs) != 1:
+        raise ValueError(f"expected one completion per request (n=1), got {len(outputs)}")
+    out = outputs[0]
+    reason = out.finish_reason
+    if reason == "length":
+        finish = "length"
+    elif reason == "stop":
+        finish = "stop" if isinstance(out.stop_reason, str) else "eos"
+    else:
+        raise RuntimeError(f"vLLM request finished with finish_reason={reason!r} (aborted or unfinished)")
+    return Generation(token_ids=[int(t) for t in out.token_ids], finish=finish)
+
+
+# --------------------------------------------------------------------------------------------- engine
+def _vllm_sampling_params(**kwargs: Any) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(**kwargs)
+
+
+class VLLMEngine:
+    """`Engine` over vLLM Ray actors (OpenRLHF's `RolloutRayActor`s, from `create_engines`).
+
+    `make_sampling_params` builds the per-row sampling object (default `vllm.SamplingParams`); `get` is
+    `ray.get`. Both are parameters only so the glue can be tested on a machine without a GPU.
+    """
+
+    def __init__(
+        self,
+        actors: list[Any],
+        *,
+        make_sampling_params: Callable[..., Any] = _vllm_sampling_params,
+        get: Callable[[list[Any]], list[Any]] | None = None,
+    ) -> None:
+        if not actors:
+            raise ValueError("VLLMEngine needs at least one vLLM engine actor")
+        self.actors = list(actors)
+        self.make_sampling_params = make_sampling_params
+        if get is None:
+            import ray
+
+            get = ray.get
+        self.get = get
+
+    def generate(
+        self,
+        contexts: list[list[int]],
+        *,
+        max_new_tokens: list[int],
+        stop_strings: list[str],
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+    ) -> list[Generation]:
+        """One request per row (vLLM batches concurrent requests itself); contract in engine.py."""
+        check_generate_args(contexts, max_new_tokens, temperature, top_p, top_k)
+        refs = []
+        for ctx, budget, row_seed in zip(
+            contexts, max_new_tokens, row_seeds(seed, len(contexts)), strict=True
+        ):
+            params = self.make_sampling_params(
+                **sampling_kwargs(
+                    max_new_tokens=budget,
+                    stop_strings=stop_strings,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    seed=row_seed,
+                )
+            )
+            actor = self.actors[engine_index(ctx, len(self.actors))]
+            refs.append(actor.generate.remote(prompt_token_ids=list(ctx), sampling_params=params))
+        return [to_generation(out) for out in self.get(refs)]
+
+    def reset_prefix_cache(self) -> None:
+        """Drop cached KV of the old weights (call after every weight push)."""
+        self.get([a.reset_prefix_cache.remote() for a in self.actors])
+
+
+# ------------------------------------------------------------------------------------ creation and sync
+def create_engines(
+    model_path: str,
+    *,
+    num_engines: int,
+    tensor_parallel_size: int,
+    seed: int,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+    enable_prefix_caching: bool,
+    enforce_eager: bool,
+    shared_pg: Any = None,
+) -> list[Any]:
+    """`num_engines` vLLM engine actors serving `model_path` (OpenRLHF's `create_vllm_engines`; bfloat16).
+
+    `shared_pg`: a placement group to colocate the engines with training actors (hybrid engine).
+    """
+    from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
+
+    return create_vllm_engines(
+        num_engines,
+        tensor_parallel_size,
+        model_path,
+        seed,
+        False,  # full_determinism
+        enable_prefix_caching,
+        enforce_eager,
+        max_model_len,
+        shared_pg=shared_pg,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
+
+
+def init_weight_sync(actors: list[Any], *, tensor_parallel_size: int, backend: str = "nccl") -> Any:
+    """On the policy's rank 0: one process group of rank 0 + every engine worker; returns the group.
+
+    Rank layout as OpenRLHF's: [policy rank 0 | engine 0's TP workers | engine 1's | ...].
+    """
+    import socket
+
+    import ray
+    from openrlhf.utils.distributed_util import stateless_init_process_group
+
+    address = ray.util.get_node_ip_address()
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    world_size = len(actors) * tensor_parallel_size + 1
+    refs = [
+        actor.init_process_group.remote(
+            address,
+            port,
+            i * tensor_parallel_size + 1,
+            world_size,
+            "igpo_weight_sync",
+            backend=backend,
+            use_ray=False,
+        )
+        for i, actor in enumerate(actors)
+    ]
+    group = stateless_init_process_group(address, port, 0, world_size, torch.cuda.current_device())
+    ray.get(refs)
+    return group
+
+
+def broadcast_weights(
+    actors: list[Any], group: Any, named_tensors: Iterable[tuple[str, torch.Tensor]]
+) -> int:
+    """On the policy's rank 0: sends every (name, full CUDA tensor) to all engines; returns how many.
+
+    Each engine's `update_weight` allocates the tensor, receives the broadcast and calls vLLM's
+    `load_weights`. Under ZeRO-3, gather each parameter before passing it (e.g. with
+    `deepspeed.zero.GatheredParameters`). Reset the engines' prefix caches afterwards.
+    """
+    import ray
+
+    items = list(named_tensors)
+    for k, (name, tensor) in enumerate(items):
+        refs = [
+            actor.update_weight.remote(
+                name, dtype=tensor.dtype, shape=tuple(tensor.shape), empty_cache=k == len(items) - 1
+            )
+            for actor in actors
+        ]
+        group.broadcast(tensor.data, src=0, stream=torch.cuda.current_stream())
+        ray.get(refs)
+    return len(items)

@@ -200,10 +200,21 @@ class SearchConfig(_Section):
 
 # ---------------------------------------------------------------------------------------------- data
 class WorldConfig(_Section):
+    dir: str = Field(
+        "runs/world",
+        description="Directory the world is rendered into (corpus.jsonl, train/test/demos.jsonl, world.json); "
+        "`world:` data entries read it and render it there first when it is missing or was built with "
+        "other settings. The search proxy serves its corpus.jsonl.",
+    )
     seed: int = Field(0, description="Seed of the built-in fictional world (same seed, same world).")
-    n_people: int = Field(60, ge=4, description="People in the fictional knowledge base.")
+    n_people: int = Field(
+        120, ge=4, description="People in the fictional knowledge base (cities, organisations scale with it)."
+    )
     n_train: int = Field(400, ge=1, description="Training questions rendered from the world.")
     n_test: int = Field(100, ge=1, description="Held-out questions rendered from the world.")
+    n_demos: int = Field(
+        600, ge=1, description="Questions with demonstration trajectories (the tiny model's warm start)."
+    )
     max_hops: int = Field(3, ge=1, le=3, description="Questions take 1 to max_hops searches.")
 
 

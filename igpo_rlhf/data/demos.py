@@ -1,0 +1,173 @@
+"""Demonstration trajectories over the built-in world: what a good search agent does on a question.
+
+For each hop of a question the agent thinks, searches for the hop's fact with a short keyword query
+(`Relation.query`, e.g. "Brimvale Foundry founded by"), reads the real retrieval results, and on the last
+turn answers. A demo row stores the steps protocol-free (thinking, query, the retrieved passages, answer);
+`render_demo` turns it into text segments with an agent protocol (`igpo_rlhf.rollout.protocols`), the
+observation rendered by the protocol's own `observation_text` on the stored results, exactly what the
+rollout loop appends after a search.
+
+Retrieval is the search proxy's BM25 backend (`services.search_proxy.backends.bm25`), run in process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from igpo_rlhf.data.world import RELATIONS, Question, World
+
+if TYPE_CHECKING:
+    from igpo_rlhf.rollout.protocols import AgentProtocol
+    from services.search_proxy.settings import Bm25Settings
+
+
+class BM25Search:
+    """Top-k passages per query from the search proxy's own BM25 backend, in process.
+
+    Same index, tokenisation and scoring as the proxy serving this corpus with the same `bm25` settings,
+    so the demonstrated observations are what the rollout loop receives. Hits are the proxy's JSON form,
+    `{"id", "title", "text", "score"}`. `search` is the name `run_rollouts` calls a search client by."""
+
+    def __init__(self, corpus: list[dict], bm25: Bm25Settings | None = None) -> None:
+        from services.search_proxy.backends.bm25 import Bm25Backend
+        from services.search_proxy.corpus import Passage
+        from services.search_proxy.settings import Bm25Settings
+
+        passages = [Passage(row["id"], row["title"], row["text"]) for row in corpus]
+        self.backend = Bm25Backend(passages, bm25 if bm25 is not None else Bm25Settings())
+
+    def search(self, queries: list[str], top_k: int) -> list[list[dict]]:
+        """One hit list per query, best first."""
+        return [[hit.to_dict() for hit in hits] for hits in self.backend.retrieve(list(queries), top_k)]
+
+    __call__ = search
+
+
+def fact_passages(corpus: list[dict], world: World) -> dict[tuple[str, str], str]:
+    """(relation, subject) → id of the passage that states that fact, found by its exact sentence."""
+    by_text = {row["text"]: row["id"] for row in corpus}
+    out = {}
+    for row in corpus:
+        for (rel, subject), sentence in _fact_sentences(world, row["title"]).items():
+            if row["text"].startswith(sentence):
+                out[rel, subject] = row["id"]
+    missing = [k for k in _all_facts(world) if k not in out]
+    if missing:
+        raise ValueError(f"the corpus states no passage for facts {missing[:5]} ({len(by_text)} passages)")
+    return out
+
+
+def _fact_sentences(world: World, title: str) -> dict[tuple[str, str], str]:
+    """The sentences that begin the fact passages titled `title`."""
+    out = {}
+    if title in world.people:
+        p = world.people[title]
+        out["born_in", title] = out["birth_year", title] = (
+            f"{title} was born in {p.birth_city} in {p.birth_year}."
+        )
+        out["employer", title] = f"{title} works for {p.employer} "
+        if p.spouse is not None:
+            out["spouse", title] = f"{title} is married to {p.spouse}."
+    elif title in world.orgs:
+        o = world.orgs[title]
+        out["founder", title] = out["founded_year", title] = (
+            f"{title} was founded by {o.founder} in {o.founded}."
+        )
+        out["based_in", title] = f"{title} is based in {o.city}."
+    elif title in world.cities:
+        out["country", title] = f"{title} is a city in the {world.cities[title].country}."
+    return out
+
+
+def _all_facts(world: World) -> list[tuple[str, str]]:
+    facts = []
+    for name, p in world.people.items():
+        facts += [("born_in", name), ("birth_year", name), ("employer", name)]
+        if p.spouse is not None:
+            facts.append(("spouse", name))
+    for name in world.orgs:
+        facts += [("founder", name), ("based_in", name), ("founded_year", name)]
+    facts += [("country", name) for name in world.cities]
+    return facts
+
+
+def demo_steps(
+    q: Question, search: BM25Search, gold_ids: dict[tuple[str, str], str], top_k: int
+) -> list[dict]:
+    """The turns of a good agent on `q`: one search per hop, then the answer.
+
+    Turn k searches for hop k's fact about path[k]; its thinking restates the fact just read (from the
+    previous observation) and names what is needed next, so every entity in a query has been seen."""
+    steps: list[dict] = []
+    said = ""
+    for rel_name, subject, obj in zip(q.chain, q.path[:-1], q.path[1:], strict=True):
+        rel = RELATIONS[rel_name]
+        query = rel.query.format(x=subject)
+        results = search([query], top_k)[0]
+        gold = gold_ids[rel_name, subject]
+        ranks = [k for k, hit in enumerate(results, start=1) if hit["id"] == gold]
+        steps.append(
+            {
+                "think": f"{said}I need to find {rel.need.format(x=subject)}.",
+                "query": query,
+                "results": results,
+                "gold_id": gold,
+                "gold_rank": ranks[0] if ranks else None,
+            }
+        )
+        said = rel.fact.format(x=subject, y=obj) + ". Now "
+    last = RELATIONS[q.chain[-1]]
+    fact = last.fact.format(x=q.path[-2], y=q.path[-1])
+    steps.append({"think": f"{fact}. So the answer is {q.path[-1]}.", "answer": q.path[-1]})
+    return steps
+
+
+def make_demos(
+    world: World,
+    questions: list[Question],
+    rows: list[dict],
+    corpus: list[dict],
+    top_k: int,
+    bm25: Bm25Settings | None = None,
+) -> tuple[list[dict], dict]:
+    """Demo rows for `questions` (rows: their question_row dicts) and retrieval statistics.
+
+    A demo whose search misses its fact passage in the top `top_k` would teach reading an answer that is
+    not there, so such questions are left out (counted in the statistics)."""
+    search = BM25Search(corpus, bm25)
+    gold_ids = fact_passages(corpus, world)
+    demos, n_search, n_rank1, dropped = [], 0, 0, 0
+    for q, row in zip(questions, rows, strict=True):
+        steps = demo_steps(q, search, gold_ids, top_k)
+        searches = steps[:-1]
+        if any(s["gold_rank"] is None for s in searches):
+            dropped += 1
+            continue
+        n_search += len(searches)
+        n_rank1 += sum(s["gold_rank"] == 1 for s in searches)
+        demos.append({**row, "steps": steps})
+    stats = {
+        "demos": len(demos),
+        "dropped_fact_not_retrieved": dropped,
+        "searches": n_search,
+        "gold_at_rank1": n_rank1 / max(n_search, 1),
+        "search_top_k": top_k,
+        "retriever": "search proxy bm25 backend " + json.dumps(search.backend.options.model_dump()),
+    }
+    return demos, stats
+
+
+def render_demo(demo: dict, protocol: AgentProtocol) -> list[tuple[str, str]]:
+    """A demo as (kind, text) segments in `protocol`: kind is prompt | turn | observation.
+
+    Turns are what the policy generates (trained on); prompt and observations are context only."""
+    segments = [("prompt", protocol.prompt_text(demo["question"]))]
+    for step in demo["steps"]:
+        if "answer" in step:
+            segments.append(("turn", protocol.demo_turn_text(think=step["think"], answer=step["answer"])))
+        else:
+            queries = [step["query"]]
+            segments.append(("turn", protocol.demo_turn_text(think=step["think"], queries=queries)))
+            segments.append(("observation", protocol.observation_text([step["results"]], queries=queries)))
+    return segments

@@ -111,3 +111,25 @@ def save_tiny(out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def warm_start(
+    model: Qwen2ForCausalLM, tokenizer, segments: list[tuple[str, bool]], steps: int = 150
+) -> None:
+    """Overfits `model` on one demonstration (a few seconds): `segments` are (text, trained) pairs, each
+    tokenised on its own as the agent loop appends them; the loss is on the trained (generated) ones."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in segments:
+        seg = tokenizer.encode(text, add_special_tokens=False)
+        ids += seg
+        labels += seg if trained else [-100] * len(seg)
+    x, y = torch.tensor([ids]), torch.tensor([labels])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=x, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from igpo_rlhf.rollout.protocols import SEARCH_TOOL, Action, SearchR1Protocol, ToolCallProtocol
+from igpo_rlhf.rollout.protocols import SEARCH_TOOL, Action, SearchR1Protocol, ToolCallProtocol, make_protocol
 from tests.rollout.tiny import make_tokenizer
 
 OBS_TEMPLATE = "\n\n<information>{documents}</information>\n\n"
@@ -301,3 +301,19 @@ def test_tool_call_needs_a_chat_template():
 def test_empty_question_is_an_error(sr1):
     with pytest.raises(ValueError, match="question '  ' must be a non-empty string"):
         sr1.prompt_text("  ")
+
+
+def test_make_protocol_from_the_config(tok):
+    from igpo_rlhf.config import SEARCH_R1_PROMPT, RolloutConfig
+
+    p = make_protocol(RolloutConfig(), tok, "<answer>")
+    assert isinstance(p, SearchR1Protocol)
+    assert p.prompt_text("Who?") == SEARCH_R1_PROMPT.replace("{question}", "Who?")
+    assert p.answer_probe_text == "<answer>"
+    with pytest.raises(ValueError, match="set rollout.use_chat_template=true"):
+        make_protocol(RolloutConfig(protocol="tool_call"), tok, "<answer>")
+    tc = make_protocol(
+        RolloutConfig(protocol="tool_call", use_chat_template=True, system_prompt="S."), tok, "<ans>"
+    )
+    assert isinstance(tc, ToolCallProtocol) and tc.answer_probe_text == "<ans>"
+    assert tc.prompt_text("Who?").startswith("<|im_start|>system\nS.\n\n# Tools")

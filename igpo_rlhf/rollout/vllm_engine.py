@@ -233,6 +233,9 @@ def broadcast_weights(
 ) -> int:
     """On the policy's rank 0: sends every (name, full CUDA tensor) to all engines; returns how many.
 
+    Tensors must already be in the engines' dtype (bfloat16, as `create_engines` starts them): OpenRLHF's
+    `WorkerWrap.update_weight` asserts it. Names are the Hugging Face parameter names.
+
     Each engine's `update_weight` allocates the tensor, receives the broadcast and calls vLLM's
     `load_weights`. Under ZeRO-3, gather each parameter before passing it (e.g. with
     `deepspeed.zero.GatheredParameters`). Reset the engines' prefix caches afterwards.

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from igpo_rlhf.config import RolloutConfig
 from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
@@ -29,7 +29,7 @@ from services.search_proxy.client import SearchClient
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(model_path: str | Path):
+def load_tokenizer(model_path: str | Path) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer exactly as saved: `tokenizer.json` through PreTrainedTokenizerFast.
 
     AutoTokenizer would rebuild a Qwen2-architecture checkpoint's tokenizer as Qwen2Tokenizer with its own

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,6 +32,15 @@ from igpo_rlhf.rollout.engine import Engine
 from igpo_rlhf.rollout.protocols import Action, AgentProtocol
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
 from services.search_proxy.client import SearchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+class Searcher(Protocol):
+    """What the loop needs from a search client (`services.search_proxy.client.SearchClient`)."""
+
+    def search(self, queries: list[str], top_k: int) -> list[list[dict[str, Any]]]: ...
 
 
 @dataclass
@@ -69,9 +79,9 @@ def _check_positive(**values: int) -> None:
 
 def run_rollouts(
     engine: Engine,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     protocol: AgentProtocol,
-    search_client,
+    search_client: Searcher,
     prompts: Sequence[PromptItem],
     *,
     n_samples: int,
@@ -150,7 +160,7 @@ def run_rollouts(
 
 def _generate_turn(
     engine: Engine,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     protocol: AgentProtocol,
     chunk: list[_Rollout],
     *,
@@ -202,7 +212,7 @@ def _generate_turn(
 
 def _search_and_observe(
     protocol: AgentProtocol,
-    search_client,
+    search_client: Searcher,
     searching: list[_Rollout],
     *,
     top_k: int,

@@ -15,10 +15,13 @@ Contract of `generate` (both engines):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Finish = Literal["stop", "eos", "length"]
 
@@ -76,7 +79,12 @@ class _RowStops(StoppingCriteria):
     """
 
     def __init__(
-        self, tokenizer, context_len: int, budgets: list[int], eos_ids: set[int], stop_strings: list[str]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        context_len: int,
+        budgets: list[int],
+        eos_ids: set[int],
+        stop_strings: list[str],
     ):
         self.tokenizer = tokenizer
         self.context_len = context_len
@@ -114,7 +122,13 @@ class _RowStops(StoppingCriteria):
 class HFEngine:
     """transformers `generate` over left-padded batches (CPU and GPU)."""
 
-    def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from igpo_rlhf.rewards import extract_answer
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from igpo_rlhf.config import RolloutConfig
 
 PROTOCOLS = ("search_r1", "tool_call")
@@ -213,7 +215,9 @@ def _split_at(text: str, mark: str, what: str) -> tuple[str, str]:
     return head, tail
 
 
-def _observation_ids(tokenizer, head: str, body: str, tail: str, max_tokens: int | None) -> list[int]:
+def _observation_ids(
+    tokenizer: PreTrainedTokenizerBase, head: str, body: str, tail: str, max_tokens: int | None
+) -> list[int]:
     """Token ids of head + body + tail; over `max_tokens`, the body is cut (head and tail kept whole)."""
     ids = tokenizer.encode(head + body + tail, add_special_tokens=False)
     if max_tokens is None or len(ids) <= max_tokens:
@@ -229,7 +233,9 @@ def _observation_ids(tokenizer, head: str, body: str, tail: str, max_tokens: int
     return tokenizer.encode(head + body, add_special_tokens=False)[: len(head_ids) + room] + tail_ids
 
 
-def _chat_prompt(tokenizer, system_prompt: str | None, user: str, tools: list[dict] | None) -> str:
+def _chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, user: str, tools: list[dict] | None
+) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             "the tokenizer has no chat template; set rollout.use_chat_template=false (search_r1) or use an "
@@ -256,7 +262,7 @@ class SearchR1Protocol:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         prompt_template: str,
         observation_template: str,
@@ -337,7 +343,7 @@ class ToolCallProtocol:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         prompt_template: str,
         document_template: str,
@@ -433,7 +439,7 @@ def _check_demo(queries: list[str] | None, answer: str | None) -> None:
 
 
 def make_protocol(
-    rollout_cfg: RolloutConfig, tokenizer, answer_probe: str
+    rollout_cfg: RolloutConfig, tokenizer: PreTrainedTokenizerBase, answer_probe: str
 ) -> SearchR1Protocol | ToolCallProtocol:
     """The protocol `rollout_cfg.protocol` names, with the config's templates."""
     if rollout_cfg.protocol == "search_r1":

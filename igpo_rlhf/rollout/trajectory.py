@@ -16,9 +16,12 @@ and the outcome is r_{i,T}.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from igpo_rlhf.rollout.protocols import Action
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 FinishReason = Literal["answer", "invalid", "max_turns", "max_length", "eos"]
 FINISH_REASONS = ("answer", "invalid", "max_turns", "max_length", "eos")
@@ -125,7 +128,7 @@ class Trajectory:
         if (self.finish_reason == "answer") != (self.answer is not None):
             raise ValueError(f"{who}: finish_reason={self.finish_reason!r} with answer={self.answer!r}")
 
-    def to_json(self, tokenizer=None) -> dict[str, Any]:
+    def to_json(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
         """A JSON-able dict (for the rollouts JSONL); with a tokenizer, the text of every segment too."""
         out: dict[str, Any] = {
             "group_id": self.group_id,

@@ -77,7 +77,7 @@ def make_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 
 
 def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, init_std: float = 0.5) -> Qwen2ForCausalLM:
-    """A random 2-layer Qwen2 (~40k parameters) over the tokenizer's vocabulary.
+    """A random 2-layer Qwen2 (~32k parameters) over the tokenizer's vocabulary.
 
     Matrices are drawn with std `init_std` (default 0.5, far above the usual 0.02) so that greedy outputs
     depend on the context instead of repeating one token: batching and stopping bugs then show.

@@ -337,6 +337,11 @@ class Config(_Section):
             raise ValueError(
                 "rollout.engine=vllm needs resources.rollout.num_gpus > 0 (vLLM runs on GPUs only)"
             )
+        if r.protocol == "tool_call" and not r.use_chat_template:
+            raise ValueError(
+                "rollout.protocol=tool_call renders tool calls and tool messages through the tokenizer's chat "
+                "template: set rollout.use_chat_template=true (or use protocol=search_r1)"
+            )
         if "{question}" not in r.prompt_template:
             raise ValueError("rollout.prompt_template must contain the placeholder {question}")
         if "{documents}" not in r.observation_template:

@@ -93,6 +93,7 @@ def test_bad_value_names_the_key(override: str, key: str, fragment: str) -> None
         (["rollout.n_samples=1"], "needs n_samples >= 2"),
         (["rollout.engine=vllm"], "resources.rollout.num_gpus > 0"),
         (["rollout.prompt_template=no placeholder"], "{question}"),
+        (["rollout.protocol=tool_call"], "rollout.use_chat_template=true"),
     ],
 )
 def test_inconsistent_sections_are_errors(overrides: list[str], fragment: str) -> None:

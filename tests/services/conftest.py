@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 # Ten passages about distinct topics: small enough to score BM25 by hand, distinct enough for MiniLM.
 TINY_PASSAGES = [
@@ -116,3 +117,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample of a proxy's /metrics (0 when absent), e.g. metric(url, "search_proxy_queries_total")."""
+    text = httpx.get(f"{url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

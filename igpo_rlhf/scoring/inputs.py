@@ -13,7 +13,7 @@ TokenIds = Sequence[int] | torch.Tensor
 
 
 @dataclass(frozen=True)
-class Trajectory:
+class CheckedTrajectory:
     """One trajectory, checked: ids inside the vocabulary, every belief point p in 1..len(ids)."""
 
     ids: torch.Tensor  # [L] int64, the token ids as sampled (prompt + every turn), no padding
@@ -31,7 +31,7 @@ def check_inputs(
     *,
     vocab_size: int,
     alias_reduce: str,
-) -> tuple[list[Trajectory], list[int]]:
+) -> tuple[list[CheckedTrajectory], list[int]]:
     """Checks every input of the scorer; returns the trajectories and the probe ids as plain ints.
 
     Raises ValueError naming the offending trajectory (`sequences[i]`, `belief_points[i]`, ...) and what is
@@ -55,7 +55,7 @@ def check_inputs(
         points = _check_points(belief_points[i], i, len(ids))
         aliases = [
             _as_ids(alias, f"answers[{i}][{m}]", vocab_size).tolist()
-            for m, alias in enumerate(answers[i] if answers is not None else [])
+            for m, alias in enumerate([] if answers is None or answers[i] is None else answers[i])
         ]
         if points:
             if not aliases:
@@ -73,7 +73,7 @@ def check_inputs(
         mask = None
         if action_masks is not None:
             mask = _check_action_mask(action_masks[i], i, len(ids))
-        trajectories.append(Trajectory(ids=ids, points=points, aliases=aliases, action_mask=mask))
+        trajectories.append(CheckedTrajectory(ids=ids, points=points, aliases=aliases, action_mask=mask))
     return trajectories, probe
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from igpo_rlhf.scoring.inputs import TokenIds, Trajectory, check_inputs
+from igpo_rlhf.scoring.inputs import CheckedTrajectory, TokenIds, check_inputs
 from igpo_rlhf.scoring.masks import block_attention_mask
 from igpo_rlhf.scoring.plan import ProbeBlock, batches_within_budget, probe_rounds
 
@@ -203,7 +203,7 @@ def _check_model(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
 def _score_batch(
     decoder: nn.Module,
     lm_head: nn.Module,
-    trajectories: list[Trajectory],
+    trajectories: list[CheckedTrajectory],
     run_lengths: list[int],
     probe: list[int],
     *,

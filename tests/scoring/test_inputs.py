@@ -150,3 +150,12 @@ def test_integer_tensors_and_numpy_style_points_are_accepted(model):
         [[torch.tensor([4, 5])]],
     )
     assert len(beliefs[0]) == 2
+
+
+def test_a_trajectory_without_belief_points_needs_no_answer(model):
+    inputs = good()
+    inputs["belief_points"][1] = []
+    inputs["answers"][1] = None
+    result = score_trajectories(model, **inputs)
+    assert result.beliefs[1] == []
+    assert [len(b) for b in result.beliefs] == [2, 0, 1]

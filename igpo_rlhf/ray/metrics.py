@@ -1,0 +1,143 @@
+"""Per-step metrics: one readable console line, a progress bar over the run, `run_dir/metrics.jsonl`
+(one JSON object per step), TensorBoard (`run_dir/tensorboard`) and Weights & Biases when configured.
+
+Metric names are `group/name` (reward/f1, ig/mean, policy/kl, time/rollout, ...), the same in every sink.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+_TIMES = ("rollout", "search", "scoring", "reference", "critic", "update", "sync", "checkpoint")
+
+
+def console_line(step: int, total: int, m: dict[str, float]) -> str:
+    """`step 3/10 | reward +0.41 f1 0.41 em 0.30 fmt-fail 0.05 | IG +0.012±0.030 (62% >0) | turns 2.3 ...`
+
+    A metric absent from `m` (or NaN) is left out."""
+
+    def has(key: str) -> bool:
+        return isinstance(m.get(key), (int, float)) and math.isfinite(m[key])
+
+    def fmt(fields: list[tuple[str, str, str]]) -> str:
+        return " ".join(f"{label} {spec.format(m[key])}" for key, label, spec in fields if has(key))
+
+    parts = [
+        f"step {step}/{total}",
+        fmt([("reward/outcome", "reward", "{:+.3f}"), ("reward/f1", "f1", "{:.3f}"), ("reward/em", "em", "{:.2f}"),
+             ("reward/format_fail", "fmt-fail", "{:.2f}")]),
+    ]  # fmt: skip
+    if has("ig/mean"):
+        parts.append(
+            f"IG {m['ig/mean']:+.4f}±{m.get('ig/std', float('nan')):.4f} ({m.get('ig/positive_frac', 0):.0%} >0)"
+        )
+    parts.append(
+        fmt([("rollout/turns", "turns", "{:.2f}"), ("rollout/searches", "searches", "{:.2f}"),
+             ("rollout/response_tokens", "resp-tok", "{:.0f}"), ("rollout/observation_tokens", "obs-tok", "{:.0f}")])
+    )  # fmt: skip
+    parts.append(
+        fmt([("policy/kl", "kl", "{:.2e}"), ("policy/entropy", "ent", "{:.2f}"), ("policy/clip_frac", "clip", "{:.3f}"),
+             ("critic/value_loss", "v-loss", "{:.3f}")])
+    )  # fmt: skip
+    times = " ".join(f"{t} {m[f'time/{t}']:.1f}" for t in _TIMES if has(f"time/{t}"))
+    parts.append(f"{m.get('time/step', float('nan')):.1f}s ({times})")
+    return " | ".join(p for p in parts if p)
+
+
+class MetricsLogger:
+    """Writes one step's metrics to every configured sink. `start_step`: the step a resumed run starts
+    after; lines of later steps left in metrics.jsonl by the interrupted run are dropped."""
+
+    def __init__(
+        self, run_dir: str | Path, logging_cfg: Any, *, total_steps: int, start_step: int, run_config: dict
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.path = self.run_dir / "metrics.jsonl"
+        self._truncate_after(start_step)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._bar = (
+            tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            if logging_cfg.progress_bar
+            else None
+        )
+        self._tb = None
+        if logging_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events of steps after the checkpoint that a killed run had written
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        self._wandb = None
+        if logging_cfg.wandb_project:
+            try:
+                import wandb
+            except ImportError as err:
+                raise ValueError(
+                    f"logging.wandb_project={logging_cfg.wandb_project!r} needs the wandb package: pip install wandb"
+                ) from err
+            self._wandb = wandb.init(
+                project=logging_cfg.wandb_project,
+                name=logging_cfg.wandb_run_name or self.run_dir.name,
+                config=run_config,
+                resume="allow",
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float]) -> str:
+        """Record step `step`; returns the console line (also printed)."""
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(dict(metrics), step=step)
+        line = console_line(step, self.total_steps, metrics)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"reward {metrics.get('reward/outcome', float('nan')):+.3f}")
+            tqdm.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+        return line
+
+    def close(self) -> None:
+        self._file.close()
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN/inf: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,102 @@
+"""Where each role's actors run: one placement group per role, or one shared group when colocated.
+
+`resources.<role>` gives the number of actors and the CPUs/GPUs of each. Every role gets a placement
+group with one bundle per actor (strategy PACK), so a role's actors are reserved together or not at all.
+With `resources.colocate`, the model roles (policy, reference, critic, scorer) share ONE placement group:
+bundle i holds actor i of every colocated role, which then share bundle i's GPU through fractional
+`num_gpus` (e.g. 0.25 each for four roles on one GPU). On a CPU box, fractional `num_cpus` let a
+2-core machine run every role (Ray's CPUs are logical; actors with num_cpus < 1 get OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+if TYPE_CHECKING:
+    from igpo_rlhf.config import ResourcesConfig, RoleResources
+
+COLOCATED_ROLES = ("policy", "reference", "critic", "scorer")
+ROLES = ("rollout", *COLOCATED_ROLES)
+
+
+@dataclass(frozen=True)
+class RolePlacement:
+    """A role's actors: how many, each one's resources, and the placement-group bundle of each."""
+
+    role: str
+    num_actors: int
+    num_cpus: float
+    num_gpus: float
+    group: PlacementGroup
+    bundles: tuple[int, ...]  # bundle index of actor k
+
+    def options(self, k: int) -> dict[str, Any]:
+        """`ActorClass.options(...)` keyword arguments of actor k."""
+        return {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.group, placement_group_bundle_index=self.bundles[k]
+            ),
+        }
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus}
+
+
+def place_roles(
+    resources: ResourcesConfig, roles: list[str], *, timeout_s: float = 120.0
+) -> dict[str, RolePlacement]:
+    """Create (and wait for) the placement groups of `roles`; returns each role's placement.
+
+    ValueError naming the keys when colocated roles have different actor counts; TimeoutError naming
+    what was requested when the cluster cannot hold it within `timeout_s`.
+    """
+    for role in roles:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; accepted: {', '.join(ROLES)}")
+    specs: dict[str, RoleResources] = {role: getattr(resources, role) for role in roles}
+    shared = [r for r in roles if resources.colocate and r in COLOCATED_ROLES]
+    placements: dict[str, RolePlacement] = {}
+    pending: list[tuple[PlacementGroup, str]] = []
+
+    if shared:
+        counts = {r: specs[r].num_actors for r in shared}
+        if len(set(counts.values())) > 1:
+            raise ValueError(
+                "resources.colocate=true places actor i of every colocated role on bundle i, so "
+                f"resources.<role>.num_actors must be equal for {', '.join(shared)}; got {counts}"
+            )
+        n = next(iter(counts.values()))
+        bundle = _bundle(sum(specs[r].num_cpus for r in shared), sum(specs[r].num_gpus for r in shared))
+        group = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+        pending.append((group, f"colocated {'+'.join(shared)}: {n} x {bundle}"))
+        for r in shared:
+            placements[r] = RolePlacement(r, n, specs[r].num_cpus, specs[r].num_gpus, group, tuple(range(n)))
+
+    for r in roles:
+        if r in placements:
+            continue
+        spec = specs[r]
+        bundle = _bundle(spec.num_cpus, spec.num_gpus)
+        group = placement_group([dict(bundle) for _ in range(spec.num_actors)], strategy="PACK")
+        pending.append((group, f"{r}: {spec.num_actors} x {bundle}"))
+        placements[r] = RolePlacement(
+            r, spec.num_actors, spec.num_cpus, spec.num_gpus, group, tuple(range(spec.num_actors))
+        )
+
+    for group, what in pending:
+        try:
+            ray.get(group.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError as err:
+            raise TimeoutError(
+                f"the Ray cluster cannot reserve {what} within {timeout_s:.0f}s (available: "
+                f"{ray.available_resources()}); lower resources.<role>.num_cpus / num_gpus / num_actors"
+            ) from err
+    return placements

@@ -1,0 +1,151 @@
+"""PolicyActor: one DeepSpeed data-parallel rank of the policy π_θ.
+
+Its update minimises, per optimiser step (DESIGN.md "Loss"):
+
+    L = policy_loss(log π_θ, log π_θold, Â, mask)            PPO clipped surrogate (+ optional entropy bonus)
+      + kl_coef · masked_aggregate(KL_k3(π_θ || π_ref), mask)  KL to the frozen reference
+
+with θ_old's log-probs from the belief scorer's pass and the reference's from the ReferenceActor. After
+every update, rank 0 hands the full weights to the rollout and scorer actors: through the Ray object
+store (`state_dict_for_sync`) on CPU and for HF rollout actors, or by NCCL broadcast into vLLM engines
+(`broadcast_to_vllm`) on GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
+from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
+from igpo_rlhf.ray.logprobs import token_entropy, token_log_probs
+
+
+def load_causal_lm(path: str, model_cfg: Any, dtype: str) -> torch.nn.Module:
+    """The HF causal LM at `path` (local files only) in `dtype`, with the configured attention kernel."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=DTYPES[dtype],
+        attn_implementation=model_cfg.attn_implementation,
+        trust_remote_code=model_cfg.trust_remote_code,
+        local_files_only=True,
+    )
+
+
+class PolicyActor(DeepSpeedActor):
+    """Rank `rank` of the policy's DeepSpeed group (created by ActorGroup(..., distributed=True))."""
+
+    def init_model(self, cfg: Any, *, grad_accum: int, total_optimizer_steps: int) -> int:
+        """Load `cfg.model.path` and set up DeepSpeed; collective over the group. Returns the parameter count."""
+        torch.manual_seed(cfg.train.seed)
+        algo = cfg.algorithm
+        self.agg = algo.loss_agg
+        self.temperature = cfg.rollout.temperature
+        self.clip_eps_low, self.clip_eps_high = algo.clip_eps_low, algo.clip_eps_high
+        self.dual_clip = algo.dual_clip
+        self.kl_coef, self.kl_estimator = algo.kl_coef, algo.kl_estimator
+        self.entropy_coef = algo.entropy_coef
+        self._vllm_group: Any = None
+
+        def build() -> torch.nn.Module:
+            model = load_causal_lm(cfg.model.path, cfg.model, cfg.model.dtype)
+            if cfg.model.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+            return model
+
+        self._init_engine(
+            build,
+            lr=cfg.train.lr,
+            train_cfg=cfg.train,
+            dtype=cfg.model.dtype,
+            grad_accum=grad_accum,
+            total_optimizer_steps=total_optimizer_steps,
+        )
+        return sum(
+            p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.engine.module.parameters()
+        )
+
+    def _micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.engine(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits  # [B, L, V]
+        log_probs = token_log_probs(logits, batch["input_ids"], temperature=self.temperature)  # [B, L]
+        mask = batch["action_mask"]
+        if self.entropy_coef > 0:
+            entropy = token_entropy(logits, batch["input_ids"], temperature=self.temperature)
+        else:
+            with torch.no_grad():  # a metric only
+                entropy = token_entropy(logits, batch["input_ids"], temperature=self.temperature)
+        loss, stats = policy_loss(
+            log_probs,
+            batch["old_log_probs"],
+            batch["advantages"],
+            mask,
+            clip_eps_low=self.clip_eps_low,
+            clip_eps_high=self.clip_eps_high,
+            dual_clip=self.dual_clip,
+            agg=self.agg,
+            entropy=entropy,
+            entropy_coef=self.entropy_coef,
+        )
+        stats["pg_loss"] = float(loss.detach())
+        if "ref_log_probs" in batch:
+            kl = kl_penalty(
+                log_probs, batch["ref_log_probs"], estimator=self.kl_estimator, mask=mask
+            )  # [B, L]
+            kl_loss = masked_aggregate(kl, mask, self.agg)
+            stats["kl"] = float(kl_loss.detach())
+            if self.kl_coef > 0:
+                loss = loss + self.kl_coef * kl_loss
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    # ------------------------------------------------------------------------------------ weight sync
+    def _gathered(self, params: list[torch.nn.Parameter]) -> Any:
+        """Context in which ZeRO-3-partitioned params hold their full data (collective; no-op otherwise)."""
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3)
+
+    def state_dict_for_sync(self) -> dict[str, torch.Tensor] | None:
+        """Full weights as CPU tensors on rank 0 (None on the others), keyed like `model.state_dict()`.
+
+        Collective under ZeRO-3 (every rank gathers each parameter in turn). The driver passes rank 0's
+        object ref straight to the rollout and scorer actors' `update_weights`, so the weights go
+        through the object store without ever being fetched by the driver.
+        """
+        model = self.engine.module
+        params = dict(model.named_parameters(remove_duplicate=False))
+        buffers = dict(model.named_buffers())
+        out: dict[str, torch.Tensor] = {}
+        for name in model.state_dict():
+            if name in params:
+                with self._gathered([params[name]]):
+                    if self.rank == 0:
+                        out[name] = params[name].detach().to("cpu", copy=True)
+            elif self.rank == 0:
+                out[name] = buffers[name].detach().to("cpu", copy=True)
+        return out if self.rank == 0 else None
+
+    def broadcast_to_vllm(self, engines: list[Any], tensor_parallel_size: int, backend: str = "nccl") -> int:
+        """NCCL broadcast of every parameter from rank 0 into the vLLM engines (GPU runs; collective).
+
+        Through igpo_rlhf.rollout.vllm_engine's `init_weight_sync` (once) and `broadcast_weights`, which
+        wrap OpenRLHF's engine-side receivers. Cannot run on a CPU machine. Returns the tensors sent.
+        """
+        from igpo_rlhf.rollout import vllm_engine
+
+        if self.rank == 0 and self._vllm_group is None:
+            self._vllm_group = vllm_engine.init_weight_sync(
+                engines, tensor_parallel_size=tensor_parallel_size, backend=backend
+            )
+        sent = 0
+        for name, param in self.engine.module.named_parameters():
+            with self._gathered([param]):
+                if self.rank == 0:
+                    sent += vllm_engine.broadcast_weights(engines, self._vllm_group, [(name, param.data)])
+        return sent

@@ -93,12 +93,20 @@ def _all_facts(world: World) -> list[tuple[str, str]]:
 
 
 def demo_steps(
-    q: Question, search: BM25Search, gold_ids: dict[tuple[str, str], str], top_k: int
+    q: Question,
+    search: BM25Search,
+    gold_ids: dict[tuple[str, str], str],
+    top_k: int,
+    *,
+    brief_final: bool = False,
 ) -> list[dict]:
     """The turns of a good agent on `q`: one search per hop, then the answer.
 
     Turn k searches for hop k's fact about path[k]; its thinking restates the fact just read (from the
-    previous observation) and names what is needed next, so every entity in a query has been seen."""
+    previous observation) and names what is needed next, so every entity in a query has been seen. The
+    final turn restates the last fact, or with `brief_final` answers straight from the last observation:
+    the model then learns to read the answer off a passage right where an answer opens, which is where
+    IGPO's belief probe asks for it (log b after an observation)."""
     steps: list[dict] = []
     said = ""
     for rel_name, subject, obj in zip(q.chain, q.path[:-1], q.path[1:], strict=True):
@@ -117,9 +125,12 @@ def demo_steps(
             }
         )
         said = rel.fact.format(x=subject, y=obj) + ". Now "
-    last = RELATIONS[q.chain[-1]]
-    fact = last.fact.format(x=q.path[-2], y=q.path[-1])
-    steps.append({"think": f"{fact}. So the answer is {q.path[-1]}.", "answer": q.path[-1]})
+    if brief_final:
+        think = "The last passage answers the question."
+    else:
+        fact = RELATIONS[q.chain[-1]].fact.format(x=q.path[-2], y=q.path[-1])
+        think = f"{fact}. So the answer is {q.path[-1]}."
+    steps.append({"think": think, "answer": q.path[-1]})
     return steps
 
 
@@ -138,8 +149,8 @@ def make_demos(
     search = BM25Search(corpus, bm25)
     gold_ids = fact_passages(corpus, world)
     demos, n_search, n_rank1, dropped = [], 0, 0, 0
-    for q, row in zip(questions, rows, strict=True):
-        steps = demo_steps(q, search, gold_ids, top_k)
+    for k, (q, row) in enumerate(zip(questions, rows, strict=True)):
+        steps = demo_steps(q, search, gold_ids, top_k, brief_final=k % 2 == 1)
         searches = steps[:-1]
         if any(s["gold_rank"] is None for s in searches):
             dropped += 1

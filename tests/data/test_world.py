@@ -17,6 +17,9 @@ from igpo_rlhf.config import RolloutConfig, WorldConfig
 from igpo_rlhf.data.demos import render_demo
 from igpo_rlhf.data.world import build_world, main, world_is_built
 from igpo_rlhf.rollout.protocols import make_protocol
+from services.search_proxy.client import SearchClient
+from services.search_proxy.launch import start_proxy
+from services.search_proxy.settings import CacheSettings, ProxySettings
 
 SMALL = WorldConfig(seed=5, n_people=24, n_train=30, n_test=12, n_demos=24, max_hops=3)
 
@@ -151,9 +154,32 @@ def test_demo_searches_retrieve_their_fact_with_plain_bm25s(world_dir):
             assert fact_id in {corpus[int(i)]["id"] for i in docs[0]}
             assert fact_id in [h["id"] for h in step["results"]] and len(step["results"]) == 3
             assert all(set(h) == {"id", "title", "text", "score"} for h in step["results"])
-            # the next turn's thinking restates the fact it just read
+            # the next turn's thinking restates the fact it just read (a brief final turn does not)
             nxt = demo["steps"][k + 1]["think"]
-            assert subjects[k + 1] in nxt
+            assert subjects[k + 1] in nxt or (
+                nxt == "The last passage answers the question." and k == len(searches) - 1
+            )
+
+
+def test_demo_observations_are_what_the_real_proxy_returns(world_dir, tmp_path):
+    """The proxy subprocess serving the world corpus answers every demo query with the stored hits."""
+    settings = ProxySettings(
+        backend="bm25", corpus=world_dir / "corpus.jsonl", cache=CacheSettings(mode="off", dir=tmp_path)
+    )
+    demos = _read_jsonl(world_dir / "demos.jsonl")
+    steps = [step for demo in demos for step in demo["steps"][:-1]]
+    with start_proxy(settings) as proxy:
+        answers = SearchClient(proxy.url).search([s["query"] for s in steps], top_k=3)
+    for step, hits in zip(steps, answers, strict=True):
+        assert [(h["id"], h["title"], h["text"]) for h in hits] == [
+            (h["id"], h["title"], h["text"]) for h in step["results"]
+        ]
+        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in step["results"]], rel=1e-6)
+    # a brief final turn every other demo, so the model also answers straight from a passage
+    assert (
+        sum(d["steps"][-1]["think"] == "The last passage answers the question." for d in demos)
+        == len(demos) // 2
+    )
 
 
 def test_demos_render_in_the_search_r1_protocol(world_dir):

@@ -6,7 +6,8 @@
 Model: a random Qwen2 (or Llama) built from a config (no download). Batch: `--batch` trajectories of length L each,
 K belief points evenly spaced with the last at the end (p_k = round(k L / K), k = 1..K), one gold alias of
 `--answer-len` tokens, a probe of `--probe-len` tokens. Methods, timed side by side in one run (median of
-`--repeats` interleaved rounds after a warm-up round):
+`--repeats` interleaved rounds after a warm-up round; on CPU the clock is this process's CPU time, so that other
+processes on a shared machine do not distort the ratios; run it with --threads 1 for that to be compute time):
 
 - naive_ref: per belief point, one forward over ids[:p] + probe + answer for the whole batch, full logits and
   log-softmax over every position (the reference code's way);
@@ -120,13 +121,15 @@ def run(method: str, model, batch: dict, token_budget: int):
     return score_trajectories(model, **batch, token_budget=token_budget)
 
 
-def timed(method: str, model, batch: dict, token_budget: int) -> float:
+def timed(method: str, model, batch: dict, args: argparse.Namespace) -> float:
+    """Seconds of one call: the process's CPU time (--clock cpu) or wall time, CUDA synchronised."""
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
-    run(method, model, batch, token_budget)
+    start = clock()
+    run(method, model, batch, args.token_budget)
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def time_side_by_side(methods, model, batch: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -136,7 +139,7 @@ def time_side_by_side(methods, model, batch: dict, args: argparse.Namespace) -> 
     seconds = {method: [] for method in methods}
     for _ in range(args.repeats):
         for method in methods:
-            seconds[method].append(timed(method, model, batch, args.token_budget))
+            seconds[method].append(timed(method, model, batch, args))
     return {method: statistics.median(values) for method, values in seconds.items()}
 
 
@@ -200,11 +203,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--token-budget", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="cpu: this process's CPU time (default on CPU: other processes on a shared machine do not count; "
+        "use with --threads 1); wall: elapsed time (default on CUDA)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-of", choices=METHODS, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" else "wall"
     if args.memory_of:
         peak_memory_child(args)
         return
@@ -215,7 +227,7 @@ def main() -> None:
         f"# {args.family}: {args.layers} layers, hidden {args.hidden}, {args.heads}/{args.kv_heads} heads, "
         f"vocab {args.vocab} ({n_params / 1e6:.1f}M params), {args.dtype} on {args.device}, "
         f"{torch.get_num_threads()} CPU threads; batch {args.batch}, answer {args.answer_len} tokens, "
-        f"probe {args.probe_len} tokens, median of {args.repeats}"
+        f"probe {args.probe_len} tokens; {args.clock} time, median of {args.repeats}"
     )
     print(f"# command: python bench/scorer.py {' '.join(sys.argv[1:])}\n")
 

@@ -33,15 +33,15 @@ DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a ti
 
 @dataclass
 class ScoreResult:
-    """What the scorer returns for a batch of trajectories."""
+    """What the scorer returns for a batch of trajectories.
 
-    beliefs: list[
-        list[float]
-    ]  # per trajectory, per belief point: log b_{i,t}, the answer's mean token log-prob
-    token_log_probs: list[
-        torch.Tensor
-    ]  # per trajectory, float32 [len(seq)]: entry j = log π(seq[j] | seq[:j])
-    # with temperature-scaled logits; 0 at j = 0 and where the action mask is 0
+    beliefs[i][t]: log b_{i,t} at belief_points[i][t], the gold answer's mean token log-prob (best alias or first).
+    token_log_probs[i]: float32 [len(sequences[i])], entry j = log π(seq[j] | seq[:j]) from temperature-scaled
+    logits (the old log-probs); 0 at j = 0 and where the action mask is 0.
+    """
+
+    beliefs: list[list[float]]
+    token_log_probs: list[torch.Tensor]
 
 
 def score_trajectories(
@@ -279,9 +279,8 @@ def _score_batch(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state  # [B, Q, H]
-        cache.crop(
-            -probe_round.input_ids.shape[1]
-        )  # forget the probe tokens: the next round sees the trajectory
+        # forget the probe tokens: the next round sees the trajectory alone
+        cache.crop(-probe_round.input_ids.shape[1])
         answer_log_probs = _log_probs(
             lm_head,
             hidden[probe_round.answer_rows.to(device), probe_round.answer_cols.to(device)],

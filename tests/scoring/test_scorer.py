@@ -176,3 +176,34 @@ def test_test_model_is_sensitive_to_positions():
     start = p + len(PROBE) - 1
     wrong = sum(log_probs[start + j, alias[j]].item() for j in range(len(alias))) / len(alias)
     assert abs(wrong - naive_belief(model, ids, p, PROBE, alias)) > 1e-2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_layouts_match_naive(seed):
+    """Random lengths, points (repeats allowed), aliases, masks, temperature and budget, both families."""
+    rng = random.Random(100 + seed)
+    model = tiny_model(FAMILIES[seed % 2])
+    n = rng.randint(1, 4)
+    sequences = [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 120))] for _ in range(n)]
+    belief_points = [[rng.randint(1, len(ids)) for _ in range(rng.randint(0, 4))] for ids in sequences]
+    answers = [
+        [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 5))] for _ in range(rng.randint(1, 3))]
+        for _ in range(n)
+    ]
+    action_masks = [[rng.randint(0, 1) for _ in ids] for ids in sequences]
+    probe = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 4))]
+    temperature = rng.choice([0.5, 1.0, 1.3])
+    result = score_trajectories(
+        model,
+        sequences,
+        belief_points,
+        probe,
+        answers,
+        action_masks=action_masks,
+        temperature=temperature,
+        token_budget=rng.choice([9, 64, 10**4]),
+    )
+    assert_close(result.beliefs, naive_beliefs(model, sequences, belief_points, probe, answers), 1e-4)
+    for i, ids in enumerate(sequences):
+        expected = naive_token_log_probs(model, ids, temperature=temperature, action_mask=action_masks[i])
+        torch.testing.assert_close(result.token_log_probs[i], expected, atol=1e-4, rtol=0)

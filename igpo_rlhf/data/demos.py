@@ -182,3 +182,25 @@ def render_demo(demo: dict, protocol: AgentProtocol) -> list[tuple[str, str]]:
             segments.append(("turn", protocol.demo_turn_text(think=step["think"], queries=queries)))
             segments.append(("observation", protocol.observation_text([step["results"]], queries=queries)))
     return segments
+
+
+def demo_token_segments(
+    demo: dict, protocol: AgentProtocol, tokenizer, max_obs_tokens: int | None
+) -> list[tuple[str, list[int]]]:
+    """A demo as (kind, token ids) segments, each tokenised on its own exactly as the rollout loop builds a
+    trajectory: the prompt is `protocol.prompt_ids`, a turn is its text encoded without special tokens,
+    an observation is `protocol.observation_ids` of the stored hits (cut to `max_obs_tokens`)."""
+    out: list[tuple[str, list[int]]] = []
+    searches = iter(step for step in demo["steps"] if "answer" not in step)
+    for kind, text in render_demo(demo, protocol):
+        if kind == "prompt":
+            out.append((kind, protocol.prompt_ids(demo["question"])))
+        elif kind == "observation":
+            step = next(searches)
+            ids = protocol.observation_ids(
+                [step["results"]], max_tokens=max_obs_tokens, queries=[step["query"]]
+            )
+            out.append((kind, ids))
+        else:
+            out.append((kind, tokenizer.encode(text, add_special_tokens=False)))
+    return out

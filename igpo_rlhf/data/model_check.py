@@ -1,0 +1,221 @@
+"""Does the tiny model behave like a search agent? Sampled rollouts on held-out world questions.
+
+The real pipeline pieces: the search proxy (a subprocess serving the world corpus with BM25, started
+here), `run_rollouts` with the CPU `HFEngine` at the config's sampling settings (temperature 1.0, top_p
+1.0 by default). It measures
+
+- the share of rollouts with at least one well-formed search, and with a search before their answer;
+- the share with a well-formed answer, answer F1 (0 without an answer), turns and searches per rollout;
+- whether beliefs move: log b = mean log-prob of the gold answer after context + answer probe
+  (DESIGN.md "Belief"; here one plain forward pass per belief point, best alias), at the prompt alone
+  (log b_{i,0}) and after each observation that shows the gold answer. IG is a useful signal only if the
+  latter is higher on average.
+
+    python -m igpo_rlhf.data.model_check MODEL_DIR [--world runs/world] [-n 64] [-c CONFIG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from igpo_rlhf.rewards import f1_score, normalize_answer
+
+
+def log_belief(model, context: list[int], probe: list[int], answer: list[int]) -> float:
+    """log b = (1/L) Σ_j log π(a_j | context, probe, a_<j), one forward pass over context + probe + answer."""
+    ids = torch.tensor([context + probe + answer])  # [1, T]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()  # [T, V]
+    start = len(context) + len(probe)  # position of a_1
+    logp = torch.log_softmax(logits[start - 1 : start - 1 + len(answer)], dim=-1)  # [L, V]
+    return logp.gather(1, torch.tensor(answer)[:, None]).mean().item()
+
+
+def best_log_belief(model, tokenizer, context: list[int], probe: list[int], golds: list[str]) -> float:
+    """log b over gold aliases, the best one (alias_reduce=max). Each alias is tokenised as " " + alias:
+    that is how it follows the probe in a written answer (`<answer> X </answer>`)."""
+    return max(
+        log_belief(model, context, probe, tokenizer.encode(" " + g, add_special_tokens=False)) for g in golds
+    )
+
+
+def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: int) -> dict:
+    """Beliefs along good trajectories (the demonstration recipe) for the first `n` test questions:
+    log b at the prompt alone and after each observation. The last observation holds the answer, so a
+    model that reads it should put more probability on the gold there than at the prompt."""
+    from igpo_rlhf.data.demos import BM25Search, demo_steps, demo_token_segments, fact_passages
+    from igpo_rlhf.data.world import all_questions, generate_world
+
+    world_dir = Path(world_dir)
+    settings = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))["settings"]
+    world = generate_world(settings["n_people"], settings["seed"])
+    by_text = {q.text: q for q in all_questions(world, settings["max_hops"])}
+    corpus = [
+        json.loads(line) for line in (world_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    search, gold_ids = BM25Search(corpus, cfg.search.proxy.bm25), fact_passages(corpus, world)
+    probe = tokenizer.encode(cfg.algorithm.answer_probe, add_special_tokens=False)
+    rows = [json.loads(line) for line in (world_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()][
+        :n
+    ]
+    first, last, middle = [], [], []
+    for row in rows:
+        steps = demo_steps(by_text[row["question"]], search, gold_ids, cfg.rollout.search_top_k)
+        ids, points = [], []
+        for kind, part in demo_token_segments(
+            {**row, "steps": steps}, protocol, tokenizer, cfg.rollout.max_observation_tokens
+        ):
+            ids += part
+            if kind in ("prompt", "observation"):
+                points.append(len(ids))
+        beliefs = [best_log_belief(model, tokenizer, ids[:p], probe, row["answers"]) for p in points]
+        first.append(beliefs[0])
+        last.append(beliefs[-1])
+        middle += beliefs[1:-1]
+    return {
+        "questions": len(rows),
+        "log_b_prompt_mean": statistics.fmean(first),
+        "log_b_after_intermediate_obs_mean": statistics.fmean(middle) if middle else None,
+        "log_b_after_answer_obs_mean": statistics.fmean(last),
+        "share_belief_rose": statistics.fmean(b1 > b0 for b0, b1 in zip(first, last, strict=True)),
+    }
+
+
+def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, seed: int = 0) -> dict:
+    """Roll out `n` test questions of the world (one rollout each) and measure format, F1 and beliefs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from igpo_rlhf.data.datasets import load_questions
+    from igpo_rlhf.rollout.agent_loop import run_rollouts
+    from igpo_rlhf.rollout.engine import HFEngine
+    from igpo_rlhf.rollout.protocols import make_protocol
+    from services.search_proxy.client import SearchClient
+    from services.search_proxy.launch import start_proxy
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
+    probe = tokenizer.encode(cfg.algorithm.answer_probe, add_special_tokens=False)
+    questions = load_questions(["world:test"], world_dir=world_dir)
+    rng = random.Random(seed)
+    prompts = [rng.choice(questions) for _ in range(n)]
+    r = cfg.rollout
+    settings = cfg.search.proxy.model_copy(
+        update={"backend": "bm25", "corpus": Path(world_dir) / "corpus.jsonl", "log_level": "warning"}
+    )
+    cache = settings.cache.model_copy(
+        update={"mode": "off", "dir": Path(tempfile.mkdtemp(prefix="model_check."))}
+    )
+    with start_proxy(settings.model_copy(update={"cache": cache})) as proxy:
+        trajectories = run_rollouts(
+            HFEngine(model, tokenizer),
+            tokenizer,
+            protocol,
+            SearchClient(proxy.url),
+            prompts,
+            n_samples=1,
+            max_turns=r.max_turns,
+            max_new_tokens=r.max_new_tokens,
+            max_total_tokens=r.max_total_tokens,
+            max_observation_tokens=r.max_observation_tokens,
+            search_top_k=r.search_top_k,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            batch_size=r.batch_size,
+            seed=seed,
+        )
+
+    rows = []
+    for t in trajectories:
+        ids, points = t.token_ids, t.belief_points
+        golds = [normalize_answer(g) for g in t.golds]
+        b0 = best_log_belief(model, tokenizer, ids[: points[0]], probe, t.golds)
+        b_right = [  # after each observation that shows the gold answer
+            best_log_belief(model, tokenizer, ids[:end], probe, t.golds)
+            for start, end in t.obs_spans
+            if any(g in normalize_answer(tokenizer.decode(ids[start:end])) for g in golds)
+        ]
+        rows.append(
+            {
+                "question": t.question,
+                "golds": t.golds,
+                "hops": t.meta.get("hops"),
+                "searches": t.n_searches,
+                "answer": t.answer,
+                "finish": t.finish_reason,
+                "f1": f1_score(t.answer, t.golds) if t.answer is not None else 0.0,
+                "turns": t.num_turns,
+                "log_b0": b0,
+                "log_b_right": b_right,
+                "text": tokenizer.decode(ids[t.prompt_len :]),
+            }
+        )
+    seen = [row for row in rows if row["log_b_right"]]
+    summary = {
+        "rollouts": n,
+        "share_searched": statistics.fmean(row["searches"] > 0 for row in rows),
+        "share_searched_then_answered": statistics.fmean(
+            row["searches"] > 0 and row["answer"] is not None for row in rows
+        ),
+        "share_answered": statistics.fmean(row["answer"] is not None for row in rows),
+        "f1": statistics.fmean(row["f1"] for row in rows),
+        "f1_by_hops": {
+            h: statistics.fmean(row["f1"] for row in rows if row["hops"] == h)
+            for h in sorted({row["hops"] for row in rows})
+        },
+        "turns_per_rollout": statistics.fmean(row["turns"] for row in rows),
+        "searches_per_rollout": statistics.fmean(row["searches"] for row in rows),
+        "finish_reasons": {
+            f: sum(row["finish"] == f for row in rows) for f in sorted({row["finish"] for row in rows})
+        },
+        "rollouts_that_saw_the_answer": len(seen),
+        "log_b0_mean": statistics.fmean(row["log_b0"] for row in seen) if seen else None,
+        "log_b_after_answer_obs_mean": statistics.fmean(max(row["log_b_right"]) for row in seen)
+        if seen
+        else None,
+        "share_belief_rose": statistics.fmean(max(row["log_b_right"]) > row["log_b0"] for row in seen)
+        if seen
+        else None,
+    }
+    summary["forced"] = forced_beliefs(model, tokenizer, protocol, world_dir, cfg, n)
+    return {"summary": summary, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Roll out a tiny model on the world's test questions; print format, F1 and belief figures."""
+    from igpo_rlhf.config import ConfigError, load_config
+
+    ap = argparse.ArgumentParser(prog="python -m igpo_rlhf.data.model_check", description=main.__doc__)
+    ap.add_argument("model", help="model directory (make-tiny-model output)")
+    ap.add_argument("--world", default=None, help="world directory (default: data.world.dir)")
+    ap.add_argument("-n", type=int, default=64, help="rollouts (test questions drawn with replacement)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--show", type=int, default=3, help="print this many rollouts in full")
+    ap.add_argument("-c", "--config")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    result = check_model(args.model, args.world or cfg.data.world.dir, cfg, args.n, args.seed)
+    for row in result["rows"][: args.show]:
+        print(json.dumps(row, ensure_ascii=False))
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 if TYPE_CHECKING:
@@ -95,8 +95,18 @@ def place_roles(
         try:
             ray.get(group.ready(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError as err:
+            release(placements)
             raise TimeoutError(
                 f"the Ray cluster cannot reserve {what} within {timeout_s:.0f}s (available: "
                 f"{ray.available_resources()}); lower resources.<role>.num_cpus / num_gpus / num_actors"
             ) from err
     return placements
+
+
+def release(placements: dict[str, RolePlacement]) -> None:
+    """Remove the placement groups (once each; colocated roles share one), freeing their resources."""
+    seen = set()
+    for p in placements.values():
+        if p.group.id not in seen:
+            seen.add(p.group.id)
+            remove_placement_group(p.group)

@@ -41,6 +41,7 @@ def start_ray(cfg: Config) -> bool:
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
         num_cpus=os.cpu_count(),
+        num_gpus=cfg.resources.num_gpus,
     )
     return True
 

@@ -44,7 +44,7 @@ from igpo_rlhf.ray.generators import HFRollouts, VLLMRollouts
 from igpo_rlhf.ray.group import ActorGroup
 from igpo_rlhf.ray.logprobs import length_batches
 from igpo_rlhf.ray.metrics import MetricsLogger
-from igpo_rlhf.ray.placement import place_roles
+from igpo_rlhf.ray.placement import RolePlacement, place_roles, release
 from igpo_rlhf.ray.policy import PolicyActor
 from igpo_rlhf.ray.probe import alias_token_ids, probe_token_ids
 from igpo_rlhf.ray.reference import ReferenceActor
@@ -95,9 +95,19 @@ class Trainer:
                 f"{self.checkpoints.root} already holds checkpoints; pass --resume to continue that run, or "
                 "choose another logging.run_dir"
             )
-        self._build_actors(search_url)
-        if resume:
-            self._resume()
+        self.placements: dict[str, RolePlacement] = {}
+        self.policy: ActorGroup | None = None
+        self.critic: ActorGroup | None = None
+        self.scorer: ActorGroup | None = None
+        self.reference: ActorGroup | None = None
+        self.rollouts: HFRollouts | VLLMRollouts | None = None
+        try:
+            self._build_actors(search_url)
+            if resume:
+                self._resume()
+        except BaseException:
+            self.close()
+            raise
         (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
     # --------------------------------------------------------------------------------------- set-up
@@ -111,7 +121,7 @@ class Trainer:
             roles.append("reference")
         if self.estimator == "ppo":
             roles.append("critic")
-        placements = place_roles(cfg.resources, roles)
+        self.placements = placements = place_roles(cfg.resources, roles)
 
         rollouts = cfg.train.prompts_per_step * cfg.rollout.n_samples
         total_steps = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.mini_batches
@@ -122,7 +132,6 @@ class Trainer:
             grad_accum=self._grad_accum(rollouts, len(self.policy)),
             total_optimizer_steps=total_steps,
         )
-        self.critic: ActorGroup | None = None
         if self.estimator == "ppo":
             self.critic = ActorGroup(CriticActor, placements["critic"], distributed=True)
             pending += self.critic.call_async(
@@ -145,12 +154,11 @@ class Trainer:
             },
         )
         pending += self.scorer.call_async("weights_version")
-        self.reference: ActorGroup | None = None
         if self.use_reference:
             self.reference = ActorGroup(ReferenceActor, placements["reference"], init_args=(cfg,))
             pending += self.reference.call_async("ready")
         if cfg.rollout.engine == "hf":
-            self.rollouts: HFRollouts | VLLMRollouts = HFRollouts(cfg, placements["rollout"], search_url)
+            self.rollouts = HFRollouts(cfg, placements["rollout"], search_url)
         else:
             self.rollouts = VLLMRollouts(cfg, search_url, self.tokenizer, self.protocol)
         pending += self.rollouts.ready()
@@ -439,13 +447,15 @@ class Trainer:
         tmp.replace(directory / f"step_{step:05d}.jsonl")
 
     def close(self) -> None:
-        """Kill every actor of the run (the cluster stays up)."""
+        """Kill every actor of the run and free its placement groups (the cluster stays up). Idempotent."""
         groups = [self.policy, self.scorer, self.reference, self.critic]
         if isinstance(self.rollouts, HFRollouts):
             groups.append(self.rollouts.group)
         for group in groups:
             if group is not None:
                 group.kill()
+        release(self.placements)
+        self.placements = {}
 
 
 # ------------------------------------------------------------------------------------------ helpers

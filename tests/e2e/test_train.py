@@ -1,0 +1,330 @@
+"""End to end through the real pieces: local Ray actors (rollout, belief scorer, reference, DeepSpeed policy
+with gloo, DeepSpeed critic), the real search proxy on loopback, a tiny warm-started Qwen2.
+
+Each estimator trains two steps; the tests then read what the run left (metrics.jsonl, TensorBoard,
+rollouts, checkpoints) and query the still-running actors. Expected rewards and advantages are recomputed
+here from the saved beliefs and answers with the formulas written out (DESIGN.md), and the sampled
+tokens are re-generated in this process with the same weights and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from igpo_rlhf.config import dump_config, load_config
+from igpo_rlhf.data.datasets import load_questions
+from igpo_rlhf.ray.rollout_actor import load_tokenizer
+from igpo_rlhf.ray.trainer import Trainer
+from igpo_rlhf.rewards import f1_score
+from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
+from igpo_rlhf.rollout.engine import HFEngine
+from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.rollout.trajectory import PromptItem
+from services.search_proxy.client import SearchClient
+from services.search_proxy.launch import start_proxy
+from tests.e2e.conftest import ROOT, e2e_config
+
+pytestmark = pytest.mark.slow
+EPS = 1e-6
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prompts_of(cfg):
+    return load_questions(cfg.data.train, world=cfg.data.world)
+
+
+def start_run(cfg, url, **kwargs) -> tuple[Trainer, list[dict]]:
+    trainer = Trainer(cfg, prompts_of(cfg), url, **kwargs)
+    return trainer, trainer.run()
+
+
+def expected_turn_advantages(rows: list[dict], norm_pool_of) -> list[list[float]]:
+    """Slow obvious Â_{i,t}: per group, pool the turn rewards, r̃ = (r - mean)/(std + ε) (population
+    std; an all-equal pool gives 0), then Â_t = Σ_{k >= t} r̃_k (γ = 1)."""
+    groups = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[row["group_id"]].append(i)
+    normed = [[0.0] * len(row["turn_rewards"]) for row in rows]
+    for members in groups.values():
+        for pool in norm_pool_of(rows, members):
+            values = [rows[i]["turn_rewards"][t] for i, t in pool]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            for (i, t), v in zip(pool, values, strict=True):
+                normed[i][t] = 0.0 if max(values) == min(values) else (v - mean) / (std + EPS)
+    return [[sum(r[t:]) for t in range(len(r))] for r in normed]
+
+
+def joint_pools(rows, members):
+    return [[(i, t) for i in members for t in range(len(rows[i]["turn_rewards"]))]]
+
+
+# ------------------------------------------------------------------------------------------- IGPO
+@pytest.fixture(scope="module")
+def igpo(tiny, proxy, local_ray, tmp_path_factory):
+    cfg = e2e_config(tiny, tmp_path_factory.mktemp("igpo"))
+    trainer, history = start_run(cfg, proxy.url)
+    yield cfg, trainer, history
+    trainer.close()
+
+
+def test_igpo_two_steps_leave_metrics_rollouts_and_checkpoints(igpo):
+    cfg, _, history = igpo
+    run = Path(cfg.logging.run_dir)
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        for key in ("reward/outcome", "reward/f1", "reward/em", "reward/format_fail", "ig/mean", "ig/std",
+                    "ig/positive_frac", "adv/mean", "adv/std", "policy/kl", "policy/entropy", "policy/clip_frac",
+                    "rollout/response_tokens", "rollout/observation_tokens", "rollout/turns", "rollout/searches",
+                    "time/rollout", "time/search", "time/scoring", "time/reference", "time/update", "time/sync",
+                    "time/checkpoint"):  # fmt: skip
+            assert key in m, key
+        assert m["rollout/trajectories"] == 8  # 2 prompts x n = 4
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00001", "step_00002"]
+    assert (run / "checkpoints" / "step_00002" / "policy" / "ds").is_dir()
+    assert {p.name for p in (run / "rollouts").iterdir()} == {"step_00001.jsonl", "step_00002.jsonl"}
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("reward/outcome")
+    assert [e.step for e in scalars] == [1, 2]
+    assert [e.value for e in scalars] == pytest.approx([m["reward/outcome"] for m in metrics])
+
+
+def test_igpo_rewards_and_advantages_match_the_formulas(igpo):
+    cfg, _, history = igpo
+    run = Path(cfg.logging.run_dir)
+    n_ig = 0
+    for step, m in zip((1, 2), history, strict=True):
+        rows = read_jsonl(run / "rollouts" / f"step_{step:05d}.jsonl")
+        for row in rows:
+            T = len(row["turn_spans"])
+            assert len(row["beliefs"]) == len(row["belief_points"]) == T  # T turns, T beliefs
+            b = [math.exp(x) for x in row["beliefs"]]
+            outcome = -2.0 if row["answer"] is None else f1_score(row["answer"], row["golds"])
+            assert row["turn_rewards"] == pytest.approx([b[t] - b[t - 1] for t in range(1, T)] + [outcome])
+            n_ig += T - 1
+        want = expected_turn_advantages(rows, joint_pools)
+        for row, adv in zip(rows, want, strict=True):
+            assert row["turn_advantages"] == pytest.approx(adv, abs=1e-6)
+        ig = [r for row in rows for r in row["turn_rewards"][:-1]]
+        if ig:
+            assert m["ig/mean"] == pytest.approx(sum(ig) / len(ig))
+        assert m["reward/outcome"] == pytest.approx(sum(r["outcome_reward"] for r in rows) / len(rows))
+    assert n_ig > 0, "no rollout searched: the IG path was not exercised"
+
+
+def test_malformed_outputs_get_the_format_penalty_and_still_train(igpo):
+    cfg, _, _ = igpo
+    rows = [
+        r for s in (1, 2) for r in read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / f"step_{s:05d}.jsonl")
+    ]
+    bad = [r for r in rows if r["finish_reason"] in ("invalid", "eos", "max_turns", "max_length")]
+    assert bad, "the tiny model produced no malformed trajectory in two steps"
+    for r in bad:
+        assert r["answer"] is None and r["outcome_reward"] == -2.0 and r["turn_rewards"][-1] == -2.0
+    assert any(r["finish_reason"] == "invalid" for r in bad)
+
+
+def test_rollouts_are_the_sampled_tokens(igpo, tiny, proxy):
+    """Step 1 ran with the initial weights: re-running the agent loop here with those weights and the
+    step's seed gives exactly the saved token ids and spans; the trained mask is the turns' tokens."""
+    cfg, _, _ = igpo
+    _, model_dir = tiny
+    rows = read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / "step_00001.jsonl")
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
+    # rows are ordered by (group, sample): rows 0-3 are prompt 0's group, rows 4-7 prompt 1's
+    prompts = [PromptItem(rows[i]["question"], rows[i]["golds"]) for i in (0, 4)]
+    r = cfg.rollout
+    local = run_rollouts(
+        HFEngine(model, tokenizer),
+        tokenizer,
+        protocol,
+        SearchClient(proxy.url),
+        prompts,
+        n_samples=r.n_samples,
+        max_turns=r.max_turns,
+        max_new_tokens=r.max_new_tokens,
+        max_total_tokens=r.max_total_tokens,
+        max_observation_tokens=r.max_observation_tokens,
+        search_top_k=r.search_top_k,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        batch_size=r.batch_size,
+        seed=call_seed(cfg.train.seed, 1, 0),  # one rollout actor: offset 0
+        max_prompt_tokens=r.max_prompt_tokens,
+    )
+    assert [t.token_ids for t in local] == [row["token_ids"] for row in rows]
+    assert [[list(s) for s in t.turn_spans] for t in local] == [row["turn_spans"] for row in rows]
+    assert [[list(s) for s in t.obs_spans] for t in local] == [row["obs_spans"] for row in rows]
+    for t, row in zip(local, rows, strict=True):
+        mask = t.action_mask
+        assert [j for j, m in enumerate(mask) if m] == [j for a, b in row["turn_spans"] for j in range(a, b)]
+        assert row["turn_texts"] == [tokenizer.decode(row["token_ids"][a:b]) for a, b in row["turn_spans"]]
+
+
+def test_policy_weights_change_and_reach_the_rollout_and_scorer_actors(igpo, tiny, proxy):
+    cfg, trainer, _ = igpo
+    _, model_dir = tiny
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    trained = ray.get(trainer.policy.call_async("state_dict_for_sync")[0])
+    assert trained.keys() == initial.keys()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert len(changed) > len(initial) // 2, changed
+
+    assert trainer.scorer.call("weights_version") == [2]
+    assert trainer.rollouts.weights_versions() == [2]
+
+    # the scorer's old log-probs are those of the trained weights, computed here independently
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.load_state_dict(trained)
+    seq = read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / "step_00002.jsonl")[0]["token_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0]  # [L, V]
+    want = (
+        torch.log_softmax(logits[:-1].double(), -1)
+        .gather(-1, torch.tensor(seq[1:]).unsqueeze(-1))
+        .squeeze(-1)
+    )
+    got = ray.get(
+        trainer.scorer.actors[0].score.remote([seq], [[]], [1], None, action_masks=[[1] * len(seq)])
+    )
+    torch.testing.assert_close(got.token_log_probs[0][1:].double(), want, atol=1e-4, rtol=0)
+
+    # the rollout actor samples from the trained weights: the same step seed gives the same tokens here
+    tokenizer = load_tokenizer(model_dir)
+    protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
+    prompt = [PromptItem("Who founded the trust?", ["x"])]
+    remote = trainer.rollouts.generate(prompt, 99)
+    r = cfg.rollout
+    local = run_rollouts(HFEngine(model, tokenizer), tokenizer, protocol, SearchClient(proxy.url), prompt,
+                         n_samples=r.n_samples, max_turns=r.max_turns, max_new_tokens=r.max_new_tokens,
+                         max_total_tokens=r.max_total_tokens, max_observation_tokens=r.max_observation_tokens,
+                         search_top_k=r.search_top_k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                         batch_size=r.batch_size, seed=call_seed(cfg.train.seed, 99, 0),
+                         max_prompt_tokens=r.max_prompt_tokens)  # fmt: skip
+    assert [t.token_ids for t in remote] == [t.token_ids for t in local]
+
+
+# ------------------------------------------------------------------------------------- resume
+def test_killed_run_resumes_step_for_step(igpo, tiny, proxy, local_ray, tmp_path):
+    """A run SIGKILLed during step 2 (after its step-1 checkpoint) and resumed with --resume produces the
+    same step 2 as the uninterrupted IGPO run: same prompts, same sampled tokens, same metrics."""
+    cfg_full, trainer_full, history = igpo
+    trainer_full.close()  # free the cluster's CPUs for the killed run's actors
+    run_dir = tmp_path / "killed"
+    sets = [f"logging.run_dir={run_dir}", f"search.url={proxy.url}", f"resources.ray_address={local_ray}"]
+    cfg = e2e_config(tiny, run_dir, *sets)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "igpo_rlhf.cli", "train", "-c", str(config_file)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 1:  # step 1 checkpointed and logged
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_")] == [
+        "step_00001"
+    ]
+
+    resumed, resumed_history = start_run(cfg, proxy.url, resume=True)
+    resumed.close()
+    assert [m["step"] for m in read_jsonl(metrics)] == [1, 2]
+    full_rows = read_jsonl(Path(cfg_full.logging.run_dir) / "rollouts" / "step_00002.jsonl")
+    rows = read_jsonl(run_dir / "rollouts" / "step_00002.jsonl")
+    assert [r["question"] for r in rows] == [r["question"] for r in full_rows]  # same data order
+    assert [r["token_ids"] for r in rows] == [r["token_ids"] for r in full_rows]  # same sampled tokens
+    flat = [a for r in rows for a in r["turn_advantages"]]
+    assert flat == pytest.approx([a for r in full_rows for a in r["turn_advantages"]], abs=1e-6)
+    [m2] = resumed_history
+    for key, value in history[1].items():
+        if not key.startswith("time/"):
+            assert m2[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+# -------------------------------------------------------------------------------------- GRPO, PPO
+def test_grpo_two_steps_and_a_proxy_that_dies_between_them(tiny, local_ray, tmp_path):
+    """GRPO for two steps against its own proxy, which is killed after step 1: step 2's searches get error
+    observations and the step still trains. Advantages are the group-normalised outcome on every turn."""
+    world_dir, _ = tiny
+    cfg = e2e_config(tiny, tmp_path / "grpo", "algorithm.estimator=grpo", "algorithm.kl_coef=0", "search.retries=0")
+    settings = load_config(None, [f"search.proxy.corpus={world_dir / 'corpus.jsonl'}", 'search.proxy.cache.mode="off"',
+                                  f"search.proxy.cache.dir={tmp_path / 'cache'}"]).search.proxy  # fmt: skip
+    own_proxy = start_proxy(settings, port=0)
+    trainer = Trainer(cfg, prompts_of(cfg), own_proxy.url)
+    try:
+        assert trainer.reference is None  # kl_coef = 0: no reference actor at all
+        history = [trainer.train_step(1)]
+        own_proxy.stop()
+        history.append(trainer.train_step(2))
+        assert trainer.scorer.call("weights_version") == [2]
+    finally:
+        own_proxy.stop()
+        trainer.close()
+    assert [("ig/mean" in m, "policy/kl" in m) for m in history] == [(False, False)] * 2
+    assert history[0]["rollout/search_errors"] == 0
+    assert (
+        history[1]["rollout/searches"] > 0
+        and history[1]["rollout/search_errors"] == history[1]["rollout/searches"]
+    )
+    assert math.isfinite(history[1]["policy/loss"])
+    rows = read_jsonl(tmp_path / "grpo" / "rollouts" / "step_00002.jsonl")
+    errored = [r for r in rows if r["n_search_errors"] > 0]
+    assert errored and all(r["n_search_errors"] == r["n_searches"] for r in rows)
+    for step in (1, 2):
+        rows = read_jsonl(tmp_path / "grpo" / "rollouts" / f"step_{step:05d}.jsonl")
+        assert all(r["beliefs"] is None and len(r["turn_rewards"]) == 1 for r in rows)
+        by_group = defaultdict(list)
+        for r in rows:
+            by_group[r["group_id"]].append(r["outcome_reward"])
+        for r in rows:
+            g = by_group[r["group_id"]]
+            mean = sum(g) / len(g)
+            std = math.sqrt(sum((x - mean) ** 2 for x in g) / len(g))
+            a = 0.0 if max(g) == min(g) else (r["outcome_reward"] - mean) / (std + EPS)
+            assert r["turn_advantages"] == pytest.approx([a] * len(r["turn_spans"]), abs=1e-6)
+
+
+def test_ppo_two_steps_train_the_critic(tiny, proxy, local_ray, tmp_path):
+    cfg = e2e_config(tiny, tmp_path / "ppo", "algorithm.estimator=ppo")
+    trainer, history = start_run(cfg, proxy.url)
+    try:
+        seq = read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00002.jsonl")[0]["token_ids"]
+        [values] = ray.get(trainer.critic.actors[0].values.remote([seq]))
+    finally:
+        trainer.close()
+    assert values.shape == (len(seq),) and values[0] == 0.0
+    assert values[1:].abs().max() > 0  # the fresh value head outputs exactly 0; two updates moved it
+    for m in history:
+        assert {"critic/value_loss", "critic/grad_norm", "policy/kl"} <= m.keys()
+    assert (tmp_path / "ppo" / "checkpoints" / "step_00002" / "critic" / "ds").is_dir()
+    rows = read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00001.jsonl")
+    assert all(len(r["turn_advantages"]) == len(r["turn_spans"]) for r in rows)

@@ -271,6 +271,12 @@ class ResourcesConfig(_Section):
     ray_address: str | None = Field(
         None, description="Ray cluster address ('auto' under `ray job submit`); null starts a local Ray."
     )
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs a local Ray started by `igpo train` may use (`make train GPUS=N`); null: all it "
+        "detects. Ignored when joining a cluster.",
+    )
     rollout: RoleResources = Field(default_factory=RoleResources, description="Rollout (generator) actors.")
     policy: RoleResources = Field(default_factory=RoleResources, description="DeepSpeed policy actors.")
     reference: RoleResources = Field(default_factory=RoleResources, description="Frozen reference actors.")

@@ -275,7 +275,9 @@ def test_grpo_two_steps_and_a_proxy_that_dies_between_them(tiny, local_ray, tmp_
     """GRPO for two steps against its own proxy, which is killed after step 1: step 2's searches get error
     observations and the step still trains. Advantages are the group-normalised outcome on every turn."""
     world_dir, _ = tiny
-    cfg = e2e_config(tiny, tmp_path / "grpo", "algorithm.estimator=grpo", "algorithm.kl_coef=0", "search.retries=0")
+    cfg = e2e_config(
+        tiny, tmp_path / "grpo", "algorithm.estimator=grpo", "algorithm.kl_coef=0", "search.retries=0"
+    )
     settings = load_config(None, [f"search.proxy.corpus={world_dir / 'corpus.jsonl'}", 'search.proxy.cache.mode="off"',
                                   f"search.proxy.cache.dir={tmp_path / 'cache'}"]).search.proxy  # fmt: skip
     own_proxy = start_proxy(settings, port=0)

@@ -30,6 +30,9 @@ CORE = [
     # search proxy and retrieval
     "fastapi>=0.110",
     "uvicorn>=0.29",
+    # uvicorn picks these up by itself: ~3x less CPU per request than asyncio + h11 (bench/RESULTS.md)
+    "uvloop>=0.19; sys_platform != 'win32'",
+    "httptools>=0.6",
     "httpx>=0.27",
     "prometheus-client>=0.20",
     "bm25s>=0.2",

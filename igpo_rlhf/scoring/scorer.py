@@ -25,7 +25,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from igpo_rlhf.scoring.inputs import CheckedTrajectory, TokenIds, check_inputs
 from igpo_rlhf.scoring.masks import block_attention_mask
-from igpo_rlhf.scoring.plan import ProbeBlock, batches_within_budget, probe_rounds
+from igpo_rlhf.scoring.plan import ProbeBlock, ProbeRound, batches_within_budget, probe_rounds
 
 DEFAULT_TOKEN_BUDGET = 16384  # padded query tokens per forward pass, and rows × longest row per batch
 DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] logits at most
@@ -214,10 +214,49 @@ def _score_batch(
     logits_chunk: int,
 ) -> None:
     """Scores one batch in place: the trajectory pass (and its token log-probs), then the probe rounds."""
-    device = lm_head.weight.device
-    dtype = lm_head.weight.dtype
-    n_rows, width = len(trajectories), max(run_lengths)
+    cache = _trajectory_pass(
+        decoder,
+        lm_head,
+        trajectories,
+        run_lengths,
+        token_log_probs=token_log_probs,
+        temperature=temperature,
+        token_budget=token_budget,
+        logits_chunk=logits_chunk,
+    )
+    rows_of_blocks = [
+        [
+            ProbeBlock(row=b, point=k, alias=m, position=p, answer=alias)
+            for k, p in enumerate(t.points)
+            for m, alias in enumerate(t.aliases)
+        ]
+        for b, t in enumerate(trajectories)
+    ]
+    for probe_round in probe_rounds(
+        rows_of_blocks, probe, row_budget=max(1, token_budget // len(trajectories))
+    ):
+        _probe_pass(decoder, lm_head, cache, probe_round, beliefs, logits_chunk)
 
+
+def _trajectory_pass(
+    decoder: nn.Module,
+    lm_head: nn.Module,
+    trajectories: list[CheckedTrajectory],
+    run_lengths: list[int],
+    *,
+    token_log_probs: list[torch.Tensor] | None,
+    temperature: float,
+    token_budget: int,
+    logits_chunk: int,
+) -> DynamicCache:
+    """One causal pass over the right-padded batch [B, W]; fills token_log_probs in place, returns the KV cache.
+
+    Runs in chunks of at most token_budget padded tokens (one chunk unless a single trajectory exceeds the
+    budget). The first chunk passes no mask, so sdpa applies causality itself (no W x W mask); a later chunk
+    sees the whole cache and itself causally.
+    """
+    device, dtype = lm_head.weight.device, lm_head.weight.dtype
+    n_rows, width = len(trajectories), max(run_lengths)
     input_ids = torch.zeros(n_rows, width, dtype=torch.long)  # [B, W] right-padded with id 0
     target_ids = torch.zeros(n_rows, width, dtype=torch.long)  # [B, W] target_ids[b, t] = ids[t + 1]
     wanted = torch.zeros(n_rows, width, dtype=torch.bool)  # [B, W] hidden state t predicts a wanted log-prob
@@ -228,9 +267,6 @@ def _score_batch(
             target_ids[b, :n_targets] = t.ids[1:]
             wanted[b, :n_targets] = True if t.action_mask is None else t.action_mask[1:]
 
-    # 1. trajectory pass, in chunks of at most token_budget padded tokens (one chunk unless a single trajectory
-    # exceeds the budget). The first chunk passes no mask so sdpa applies causality itself (no W x W mask);
-    # a later chunk sees the whole cache and itself causally.
     cache = DynamicCache(config=decoder.config)
     chunk = max(1, token_budget // n_rows)
     for start in range(0, width, chunk):
@@ -258,41 +294,44 @@ def _score_batch(
             for b in range(n_rows):
                 of_row = rows == b
                 token_log_probs[b][start + cols[of_row] + 1] = log_probs[of_row]
+    return cache
 
-    # 2. probe rounds against the cache of the trajectory pass (cropped back after each round)
-    rows_of_blocks = [
-        [
-            ProbeBlock(row=b, point=k, alias=m, position=p, answer=alias)
-            for k, p in enumerate(t.points)
-            for m, alias in enumerate(t.aliases)
-        ]
-        for b, t in enumerate(trajectories)
-    ]
-    for probe_round in probe_rounds(rows_of_blocks, probe, row_budget=max(1, token_budget // n_rows)):
-        mask = block_attention_mask(
-            probe_round.cache_limit.to(device), probe_round.block_start.to(device), width, dtype
-        )  # [B, 1, Q, W + Q]
-        hidden = decoder(
-            input_ids=probe_round.input_ids.to(device),
-            position_ids=probe_round.position_ids.to(device),
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state  # [B, Q, H]
-        # forget the probe tokens: the next round sees the trajectory alone
-        cache.crop(-probe_round.input_ids.shape[1])
-        answer_log_probs = _log_probs(
-            lm_head,
-            hidden[probe_round.answer_rows.to(device), probe_round.answer_cols.to(device)],
-            probe_round.answer_ids,
-            1.0,  # beliefs are the policy's own probabilities
-            logits_chunk,
-        ).cpu()  # [N]
-        sums = torch.zeros(len(probe_round.blocks), dtype=torch.float32)
-        sums.index_add_(0, probe_round.answer_block, answer_log_probs)
-        for block, total in zip(probe_round.blocks, sums.tolist(), strict=True):
-            log_b = total / len(block.answer)  # log b: mean token log-prob of this alias
-            beliefs[block.row][block.point] = max(beliefs[block.row][block.point], log_b)
+
+def _probe_pass(
+    decoder: nn.Module,
+    lm_head: nn.Module,
+    cache: DynamicCache,
+    probe_round: ProbeRound,
+    beliefs: list[list[float]],
+    logits_chunk: int,
+) -> None:
+    """The round's probe blocks in one forward against the trajectory cache [B, *, W, *]; updates beliefs in place
+    (each belief point keeps its best alias: every alias of a point has its own block)."""
+    device, dtype = lm_head.weight.device, lm_head.weight.dtype
+    width = cache.get_seq_length()
+    mask = block_attention_mask(
+        probe_round.cache_limit.to(device), probe_round.block_start.to(device), width, dtype
+    )  # [B, 1, Q, W + Q]
+    hidden = decoder(
+        input_ids=probe_round.input_ids.to(device),
+        position_ids=probe_round.position_ids.to(device),
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [B, Q, H]
+    cache.crop(-probe_round.input_ids.shape[1])  # forget the probe tokens: the next round sees the trajectory
+    answer_log_probs = _log_probs(
+        lm_head,
+        hidden[probe_round.answer_rows.to(device), probe_round.answer_cols.to(device)],
+        probe_round.answer_ids,
+        1.0,  # beliefs are the policy's own probabilities
+        logits_chunk,
+    ).cpu()  # [N] log π(a_j | ids[:p], probe, a_<j)
+    sums = torch.zeros(len(probe_round.blocks), dtype=torch.float32)
+    sums.index_add_(0, probe_round.answer_block, answer_log_probs)
+    for block, total in zip(probe_round.blocks, sums.tolist(), strict=True):
+        log_b = total / len(block.answer)  # log b: mean token log-prob of this alias
+        beliefs[block.row][block.point] = max(beliefs[block.row][block.point], log_b)
 
 
 def _log_probs(

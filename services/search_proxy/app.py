@@ -147,8 +147,11 @@ class ProxyState:
             self.cache_thread.submit(self.cache.close)
         self.cache_thread.shutdown(wait=True)  # pending cache writes finish before the process exits
 
-    def check_token(self, request: Request) -> None:
-        """Require `Authorization: Bearer <token>` when auth is on (HTTP 401 otherwise)."""
+    async def check_token(self, request: Request) -> None:
+        """Require `Authorization: Bearer <token>` when auth is on (HTTP 401 otherwise).
+
+        Async on purpose: FastAPI runs sync dependencies on a worker thread, a thread hop per request.
+        """
         if self.token is None:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -256,7 +259,7 @@ def _log_cache_write_error(write: Future[None]) -> None:
         log.error("search proxy: writing to the result cache failed: %s", write.exception())
 
 
-def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     """422 (400 for unparsable JSON) with one readable line per problem, naming the field."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()

@@ -26,16 +26,15 @@ class _Section(BaseModel):
 
 
 class Bm25Settings(_Section):
+    # Defaults are Pyserini's; on our QA sets they beat bm25s's own (1.5, 0.75): see bench/RESULTS.md.
     k1: float = Field(0.9, gt=0, le=10, description="BM25 term-frequency saturation k1.")
     b: float = Field(0.4, ge=0, le=1, description="BM25 document-length normalisation b.")
     method: Literal["lucene", "robertson", "atire"] = Field(
         "lucene", description="BM25 variant (bm25s `method`)."
     )
     stopwords: Literal["en", "none"] = Field(
-        "en", description="Stop-word list removed from passages and queries."
-    )
-    stemmer: Literal["none", "english"] = Field(
-        "none", description="Snowball stemmer applied to passages and queries ('english' needs PyStemmer)."
+        "en",
+        description="Stop words removed from passages and queries: 'en' = bm25s's English list (33 words).",
     )
 
 
@@ -55,14 +54,17 @@ class DenseSettings(_Section):
 
 
 class HybridSettings(_Section):
-    rrf_k: float = Field(
-        60.0, gt=0, le=10_000, description="Reciprocal-rank-fusion constant k in w / (k + rank)."
+    fusion: Literal["rrf", "zscore"] = Field(
+        "rrf",
+        description="rrf: reciprocal-rank fusion of the two top-`depth` rankings; zscore: weighted sum of both "
+        "retrievers' scores of every passage, each standardised over the corpus (exact, O(corpus) per query).",
     )
-    depth: int = Field(
-        50, ge=1, le=10_000, description="Candidates taken from each of bm25 and dense before fusion."
+    rrf_k: float = Field(60.0, gt=0, le=10_000, description="rrf: the constant k in w / (k + rank).")
+    depth: int = Field(50, ge=1, le=10_000, description="rrf: candidates taken from each of bm25 and dense.")
+    bm25_weight: float = Field(1.0, ge=0, le=100, description="Weight w of BM25 in the fusion.")
+    dense_weight: float = Field(
+        1.0, ge=0, le=100, description="Weight w of the dense retriever in the fusion."
     )
-    bm25_weight: float = Field(1.0, ge=0, le=100, description="Weight w of the BM25 ranking in the fusion.")
-    dense_weight: float = Field(1.0, ge=0, le=100, description="Weight w of the dense ranking in the fusion.")
 
 
 class RemoteSettings(_Section):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import statistics
+
 import httpx
+import numpy as np
 import pytest
 
 from services.search_proxy.app import create_app
 from services.search_proxy.backends import Hit
-from services.search_proxy.backends.hybrid import reciprocal_rank_fusion
-from services.search_proxy.settings import ProxySettings
+from services.search_proxy.backends.hybrid import HybridBackend, reciprocal_rank_fusion, zscore_fusion
+from services.search_proxy.settings import HybridSettings, ProxySettings
 from tests.services.conftest import serve, write_corpus
 
 
@@ -38,6 +41,17 @@ def test_rrf_by_hand():
     assert [h.id for h in reciprocal_rank_fusion([_hits("x"), _hits("y")], [1.0, 1.0], 60.0, 2)] == ["x", "y"]
 
 
+def test_zscore_fusion_by_hand():
+    """bm25 = [2, 0, 1, 1]: mean 1, std sqrt(2/4) = 0.707107, z = [1.414214, -1.414214, 0, 0]
+    cosine = [.1, .5, .3, .3]: mean .3, std sqrt(.08/4) = 0.141421, z = [-1.414214, 1.414214, 0, 0]
+    weights (1, 0.5): fused = [0.707107, -0.707107, 0, 0] -> d0, then the tie d2, d3 in corpus order, then d1.
+    """
+    ranked = zscore_fusion(np.array([2.0, 0, 1, 1]), np.array([0.1, 0.5, 0.3, 0.3]), (1.0, 0.5), top_k=4)
+    assert [(d, round(s, 6)) for d, s in ranked] == [(0, 0.707107), (2, 0.0), (3, 0.0), (1, -0.707107)]
+    # a query sharing no word with any passage: BM25 is flat (z = 0), the dense side decides alone
+    assert [d for d, _ in zscore_fusion(np.zeros(4), np.array([0.1, 0.5, 0.3, 0.2]), (1.0, 0.5), 2)] == [1, 2]
+
+
 @pytest.fixture(scope="module")
 def hybrid_proxy(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("hybrid")
@@ -49,7 +63,9 @@ def hybrid_proxy(tmp_path_factory: pytest.TempPathFactory):
             "hybrid": {"depth": 5, "rrf_k": 60},
         }
     )
-    with serve(create_app(settings)) as server:
+    app = create_app(settings)
+    with serve(app) as server:
+        server.backends = app.state.proxy.backends  # the loaded bm25 and dense backends, for direct checks
         yield server
 
 
@@ -72,3 +88,22 @@ def test_hybrid_proxy_fuses_its_two_backends(hybrid_proxy):
         assert [h["score"] for h in fused] == pytest.approx(sorted(score.values(), reverse=True)[:3])
         assert [h["id"] for h in fused] == sorted(score, key=lambda i: -score[i])[:3]
     assert hybrid[0][0]["id"] in ("p3", "p9")  # the two Everest passages
+
+
+def test_zscore_hybrid_against_a_slow_computation(hybrid_proxy):
+    bm25, dense = hybrid_proxy.backends["bm25"], hybrid_proxy.backends["dense"]
+    hybrid = HybridBackend(bm25, dense, HybridSettings(fusion="zscore", bm25_weight=1.0, dense_weight=0.25))
+    queries = ["who climbed the highest mountain first", "a play by Shakespeare"]
+    cosines = dense.encode(queries) @ dense.embeddings.T
+    for query, cosine, hits in zip(queries, cosines, hybrid.retrieve(queries, top_k=3), strict=True):
+        lexical = [float(x) for x in bm25.scores(query)]
+        semantic = [float(x) for x in cosine]
+
+        def z(xs: list[float]) -> list[float]:
+            mean, std = statistics.fmean(xs), statistics.pstdev(xs)
+            return [(x - mean) / (std + 1e-9) for x in xs]
+
+        fused = [a + 0.25 * b for a, b in zip(z(lexical), z(semantic), strict=True)]
+        best = sorted(range(len(fused)), key=lambda i: (-fused[i], i))[:3]
+        assert [h.id for h in hits] == [bm25.passages[i].id for i in best]
+        assert [h.score for h in hits] == pytest.approx([fused[i] for i in best], abs=1e-6)

@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import bm25s
 import numpy as np
@@ -32,16 +31,6 @@ log = logging.getLogger(__name__)
 
 # bm25s.tokenize's defaults: lower-cased words of two or more word characters.
 _TOKEN_PATTERN = r"(?u)\b\w\w+\b"
-
-
-def _stemmer(name: str) -> Any:
-    if name == "none":
-        return None
-    try:
-        import Stemmer  # PyStemmer
-    except ImportError:
-        raise ValueError(f"bm25.stemmer '{name}' needs PyStemmer: pip install PyStemmer") from None
-    return Stemmer.Stemmer(name)
 
 
 def passage_text(passage: Passage) -> str:
@@ -67,7 +56,6 @@ class Bm25Backend:
         self.passages = passages
         self.options = options
         self._stopwords = frozenset(STOPWORDS_EN) if options.stopwords == "en" else frozenset()
-        self._stemmer = _stemmer(options.stemmer)
         self._split = re.compile(_TOKEN_PATTERN).findall
         self.cache_key = options_key(
             "bm25", fingerprint or "in-memory", options.model_dump(), bm25s.__version__
@@ -83,11 +71,8 @@ class Bm25Backend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bm25")
 
     def tokenize(self, text: str) -> list[str]:
-        """The index terms of a text, by bm25s.tokenize's rules (lower case, stop words out, then stemming)."""
-        tokens = [t for t in self._split(text.lower()) if t not in self._stopwords]
-        if self._stemmer is not None:
-            tokens = self._stemmer.stemWords(tokens)
-        return tokens
+        """The index terms of a text, by bm25s.tokenize's rules (lower case, words of 2+ characters, no stop words)."""
+        return [t for t in self._split(text.lower()) if t not in self._stopwords]
 
     def _load_or_build(self, index_dir: Path | None) -> bm25s.BM25:
         if index_dir is not None and (index_dir / "params.index.json").is_file():
@@ -101,7 +86,6 @@ class Bm25Backend:
         corpus_tokens = bm25s.tokenize(
             [passage_text(p) for p in self.passages],
             stopwords=list(self._stopwords),
-            stemmer=self._stemmer,
             show_progress=False,
         )
         retriever.index(corpus_tokens, show_progress=False)

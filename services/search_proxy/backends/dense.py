@@ -77,9 +77,9 @@ class DenseBackend:
         self.cache_key = options_key(
             "dense", fingerprint or "in-memory", model_stamp, options.max_seq_length, _TEXT_LAYOUT
         )
-        embeddings = self._load_or_embed(index_root, fingerprint)  # [N_docs, dim] float32, unit rows
-        self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(embeddings)
+        self.embeddings = self._load_or_embed(index_root, fingerprint)  # [N_docs, dim] float32, unit rows
+        self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
+        self.index.add(self.embeddings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dense")
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -127,6 +127,10 @@ class DenseBackend:
             ]
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
+
+    def similarities(self, queries: list[str]) -> np.ndarray:
+        """Cosine similarity of every passage to each query, [B, N_docs] float32."""
+        return self.encode(queries) @ self.embeddings.T
 
     def _hit(self, doc: int, score: float) -> Hit:
         p = self.passages[doc]

@@ -1,15 +1,26 @@
-"""Hybrid retrieval: reciprocal-rank fusion (RRF, Cormack et al. 2009) of the bm25 and dense rankings.
+"""Hybrid retrieval: the bm25 and dense backends fused, by rank or by score.
 
-    fused(d) = w_bm25 / (k + rank_bm25(d)) + w_dense / (k + rank_dense(d))      rank from 1
+`rrf` (reciprocal-rank fusion, Cormack et al. 2009), over each retriever's top `depth`, ranks from 1:
 
-A passage missing from one ranking (beyond `depth`) gets nothing from it. Equal fused scores are
-ordered by where the passage was first seen (the bm25 ranking before the dense one, better rank first).
+    fused(d) = w_bm25 / (k + rank_bm25(d)) + w_dense / (k + rank_dense(d))
+
+A passage missing from one ranking gets nothing from it; equal fused scores are ordered by where the
+passage was first seen (the bm25 ranking before the dense one, better rank first).
+
+`zscore`, over every passage of the corpus, with z(x) = (x - mean(x)) / (std(x) + 1e-9) (population std):
+
+    fused(d) = w_bm25 * z(bm25)(d) + w_dense * z(cosine)(d)
+
+Standardising puts BM25's unbounded scores and cosine similarities on one scale, so a weight says how
+much each retriever counts. Ties are ordered by corpus position. Exact but O(corpus) per query.
 """
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from services.search_proxy.backends import Hit, options_key
 from services.search_proxy.backends.bm25 import Bm25Backend
@@ -35,30 +46,63 @@ def reciprocal_rank_fusion(
     return out
 
 
+def zscore_fusion(
+    bm25_scores: np.ndarray, dense_scores: np.ndarray, weights: tuple[float, float], top_k: int
+) -> list[tuple[int, float]]:
+    """(passage index, fused score) of the top_k passages by w_bm25 z(bm25) + w_dense z(dense); [N] inputs."""
+
+    def z(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        return (x - x.mean()) / (x.std() + 1e-9)
+
+    fused = weights[0] * z(bm25_scores) + weights[1] * z(dense_scores)
+    k = min(top_k, len(fused))
+    kth = np.partition(fused, len(fused) - k)[len(fused) - k]  # the k-th largest fused score
+    candidates = np.flatnonzero(fused >= kth)
+    order = np.lexsort((candidates, -fused[candidates]))[:k]
+    return [(int(candidates[i]), float(fused[candidates[i]])) for i in order]
+
+
 class HybridBackend:
-    """RRF of a Bm25Backend and a DenseBackend over the same corpus."""
+    """A Bm25Backend and a DenseBackend over the same corpus, fused as `options.fusion` says."""
 
     name = "hybrid"
     cache_ttl_s = 0.0
     max_concurrent_calls = 1
 
     def __init__(self, bm25: Bm25Backend, dense: DenseBackend, options: HybridSettings) -> None:
+        if len(bm25.passages) != len(dense.passages):
+            raise ValueError("hybrid: the bm25 and dense backends must serve the same corpus")
         self.bm25, self.dense, self.options = bm25, dense, options
+        self.passages = bm25.passages
         self.cache_key = options_key("hybrid", bm25.cache_key, dense.cache_key, options.model_dump())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid")
 
     def retrieve(self, queries: list[str], top_k: int) -> list[list[Hit]]:
-        """Top-k passages per query by fused RRF score, best first."""
+        """Top-k passages per query by fused score, best first."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        depth = max(top_k, self.options.depth)
+        o = self.options
+        if o.fusion == "zscore":
+            similarities = self.dense.similarities(queries)  # [B, N_docs]
+            results = []
+            for query, cosine in zip(queries, similarities, strict=True):
+                ranked = zscore_fusion(
+                    self.bm25.scores(query), cosine, (o.bm25_weight, o.dense_weight), top_k
+                )
+                results.append([self._hit(doc, score) for doc, score in ranked])
+            return results
+        depth = max(top_k, o.depth)
         lexical = self.bm25.retrieve(queries, depth)
         semantic = self.dense.retrieve(queries, depth)
-        weights = [self.options.bm25_weight, self.options.dense_weight]
         return [
-            reciprocal_rank_fusion([a, b], weights, self.options.rrf_k, top_k)
+            reciprocal_rank_fusion([a, b], [o.bm25_weight, o.dense_weight], o.rrf_k, top_k)
             for a, b in zip(lexical, semantic, strict=True)
         ]
+
+    def _hit(self, doc: int, score: float) -> Hit:
+        p = self.passages[doc]
+        return Hit(id=p.id, title=p.title, text=p.text, score=score, url=p.url)
 
     async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]:
         """`retrieve` on this backend's worker thread."""

@@ -1,0 +1,228 @@
+"""Benchmark the search proxy under concurrent load, side by side with the same BM25 index in-process.
+
+    .venv/bin/python bench/search_proxy.py                       # the issue's grid, ~2 minutes
+    .venv/bin/python bench/search_proxy.py --seconds 5 --config configs/search/bm25_wiki.yaml
+
+One run, three ways of answering the same stream of questions (the QA sets of ../shared/data, ~9.7k
+distinct questions, each asked once per cycle) with BM25 over the shipped 14k-passage corpus, top 3:
+
+- in-process bm25s: one caller calling `bm25s.BM25.retrieve` on the proxy's saved index, 1 or 16 queries
+  per call (tokenising with `bm25s.tokenize`, as a bm25s user would);
+- in-process backend: one caller calling the proxy's own `Bm25Backend.retrieve` on that index;
+- proxy: `python -m services.search_proxy` started with `start_proxy` (result cache off, so every query is
+  retrieved), and 32 or 128 concurrent clients, each in a closed loop sending POST /retrieve with 1 or 16
+  queries and parsing the JSON answer. The clients are a minimal keep-alive HTTP/1.1 client on asyncio
+  streams in this process (like wrk: a load generator should spend as little CPU as it can, since client
+  and server share this machine's cores).
+
+Reported: throughput in queries/s, per-request latency p50/p99 (ms), errors (non-200 or a wrong number of
+results), and the proxy's throughput over the in-process bm25s one with the same queries per call.
+Wall-clock throughput on a shared machine moves with other load: the load average is printed with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bm25s  # noqa: E402
+
+from services.search_proxy.backends.bm25 import Bm25Backend  # noqa: E402
+from services.search_proxy.corpus import corpus_fingerprint, read_corpus  # noqa: E402
+from services.search_proxy.launch import start_proxy  # noqa: E402
+from services.search_proxy.settings import load_settings  # noqa: E402
+
+QA_FILES = ["train_stage2", "hotpotqa_500", "2wiki_500", "musique_500", "bamboogle"]
+TOP_K = 3
+
+
+@dataclass
+class Stats:
+    name: str
+    per_call: int
+    clients: int = 1
+    latencies: list[float] = field(default_factory=list)  # seconds per request / call
+    queries: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def qps(self) -> float:
+        return self.queries / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+
+def questions(shared: Path) -> list[str]:
+    """Distinct questions of the R1-Searcher QA files, in file order."""
+    seen: dict[str, None] = {}
+    for name in QA_FILES:
+        with (shared / "data" / "qa" / f"r1searcher_{name}.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                seen.setdefault(json.loads(line)["question"].strip(), None)
+    return list(seen)
+
+
+def batches(items: list[str], size: int) -> Iterator[list[str]]:
+    """Endless consecutive batches, cycling through items."""
+    i = 0
+    while True:
+        batch = [items[(i + j) % len(items)] for j in range(size)]
+        i = (i + size) % len(items)
+        yield batch
+
+
+def in_process(
+    name: str, call: Callable[[list[str]], object], items: list[str], per_call: int, seconds: float
+) -> Stats:
+    stats = Stats(name, per_call)
+    source = batches(items, per_call)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = next(source)
+        t0 = time.perf_counter()
+        call(batch)
+        stats.latencies.append(time.perf_counter() - t0)
+        stats.queries += len(batch)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+async def _client(
+    host: str, port: int, source: Iterator[list[str]], per_request: int, deadline: float, stats: Stats
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            body = json.dumps({"queries": next(source), "topk": TOP_K}).encode()
+            request = (
+                b"POST /retrieve HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            t0 = time.perf_counter()
+            writer.write(request)
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await reader.readexactly(length)
+            ok = status == 200 and len(json.loads(answer)["result"]) == per_request
+            stats.latencies.append(time.perf_counter() - t0)
+            stats.queries += per_request
+            stats.errors += not ok
+    finally:
+        writer.close()
+
+
+async def through_proxy(url: str, items: list[str], clients: int, per_request: int, seconds: float) -> Stats:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    source = batches(items, per_request)  # shared: concurrent clients never send the same questions
+    warmup = Stats("warmup", per_request, clients)
+    await asyncio.gather(
+        *(
+            _client(host, int(port), source, per_request, time.perf_counter() + 1.0, warmup)
+            for _ in range(clients)
+        )
+    )
+    stats = Stats("proxy /retrieve", per_request, clients)
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(
+        *(_client(host, int(port), source, per_request, deadline, stats) for _ in range(clients))
+    )
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/search/bm25_wiki.yaml")
+    parser.add_argument(
+        "--shared", default=str(ROOT.parent / "shared"), help="folder holding data/qa and data/corpus"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario")
+    args = parser.parse_args()
+
+    settings = load_settings(args.config)
+    settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"mode": "off"})})
+    items = questions(Path(args.shared))
+    print(
+        f"{len(items)} distinct questions; corpus {settings.corpus}; bm25 {settings.bm25.model_dump()}",
+        flush=True,
+    )
+
+    # The proxy's own index, saved under the cache dir (built here if missing): both sides use the same one.
+    backend = Bm25Backend(
+        read_corpus(settings.corpus),
+        settings.bm25,
+        index_root=settings.cache.dir / "index",
+        fingerprint=corpus_fingerprint(settings.corpus),
+    )
+    stopwords = "en" if settings.bm25.stopwords == "en" else None
+
+    def bm25s_call(batch: list[str]) -> object:
+        tokens = bm25s.tokenize(batch, stopwords=stopwords, return_ids=False, show_progress=False)
+        return backend.retriever.retrieve(tokens, k=TOP_K, show_progress=False)
+
+    results: list[Stats] = []
+    load_before = os.getloadavg()[0]
+    for per_call in (1, 16):
+        results.append(in_process("in-process bm25s", bm25s_call, items, per_call, args.seconds))
+        results.append(
+            in_process(
+                "in-process backend", lambda b: backend.retrieve(b, TOP_K), items, per_call, args.seconds
+            )
+        )
+    with start_proxy(settings) as proxy:
+        for clients in (32, 128):
+            for per_request in (1, 16):
+                results.append(
+                    asyncio.run(through_proxy(proxy.url, items, clients, per_request, args.seconds))
+                )
+    load_after = os.getloadavg()[0]
+
+    baseline = {s.per_call: s.qps for s in results if s.name == "in-process bm25s"}
+    print(
+        f"\nload average (1 min): {load_before:.1f} before, {load_after:.1f} after; {os.cpu_count()} cores\n"
+    )
+    print("| path | clients | queries/request | queries/s | vs in-process bm25s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in results:
+        ratio = s.qps / baseline[s.per_call]
+        print(
+            f"| {s.name} | {s.clients} | {s.per_call} | {s.qps:.0f} | {ratio:.2f}x | "
+            f"{s.percentile(0.5):.1f} | {s.percentile(0.99):.1f} | {s.errors} |"
+        )
+    proxy16 = [s for s in results if s.name.startswith("proxy") and s.per_call == 16]
+    p99_32x1 = next(s for s in results if s.name.startswith("proxy") and s.clients == 32 and s.per_call == 1)
+    errors = sum(s.errors for s in results)
+    print()
+    print(
+        f"target: proxy >= 0.80x in-process with 16-query requests: "
+        f"{', '.join(f'{s.clients} clients {s.qps / baseline[16]:.2f}x' for s in proxy16)}"
+    )
+    print(f"target: p99 < 100 ms, 32 clients x 1 query: {p99_32x1.percentile(0.99):.1f} ms")
+    print(f"target: zero errors: {errors} errors")
+    median_latency = statistics.median(s.percentile(0.5) for s in proxy16)
+    print(
+        f"(16-query requests: median p50 {median_latency:.1f} ms, bounded below by queueing at this concurrency)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,8 @@
 
 Tolerances: float32 1e-4 (nats, on each mean log-prob and token log-prob). bfloat16 0.02: with 8 mantissa bits the
 one-pass and the per-point computations round differently (different kernels and reduction orders); on these
-models they differ by up to 6e-3 (measured), while a wrong RoPE position moves a belief by ~1 (see the sensitivity test).
+models they differ by up to 6e-3 (measured), while a wrong RoPE position moves a belief by ~1 (see
+test_test_model_is_sensitive_to_positions).
 """
 
 import random

@@ -67,8 +67,35 @@ SEARCH_CONFIG ?= configs/search/bm25_wiki.yaml
 search-proxy: $(STAMP)
 	$(PY) -m services.search_proxy --config $(SEARCH_CONFIG)
 
-demo: $(STAMP)
-	@echo "make demo: not yet available (the training pipeline lands with issue 5)"; exit 1
+# make demo: a few IGPO steps on CPU through every real actor (DeepSpeed policy, reference, belief scorer,
+# rollout) with a local Ray and search proxy; metrics, checkpoints and rollouts land in RUN_DIR.
+# DATA=world (default): the built-in fictional world. DATA=wiki: the shipped HotpotQA questions and Wikipedia
+# passages from $(SHARED)/data (configs/demo_wiki.yaml). The world and the tiny model are built once into
+# .cache/demo and rebuilt only when their code or configs/demo.yaml change.
+DATA ?= world
+ifeq ($(filter $(DATA),world wiki),)
+$(error DATA=$(DATA): accepted world (the built-in world) or wiki (the shipped data))
+endif
+DEMO_MODEL := .cache/demo/model/tiny_model.json
+DEMO_MODEL_ARGS := --hidden-size 96 --layers 3 --heads 4 --kv-heads 2 --intermediate-size 256 --steps 200 --batch-size 16
+DEMO_ARGS_world := -c $(CONFIG)
+DEMO_ARGS_wiki := -c configs/demo_wiki.yaml --set 'data.train=[$(SHARED)/data/qa/r1searcher_hotpotqa_500.jsonl]' \
+	--set search.proxy.corpus=$(SHARED)/data/corpus/wiki_passages.jsonl.gz
+
+$(DEMO_MODEL): configs/demo.yaml igpo_rlhf/data/tiny_model.py igpo_rlhf/data/world.py igpo_rlhf/data/demos.py | $(STAMP)
+	$(PY) -m igpo_rlhf.cli make-tiny-model $(dir $(DEMO_MODEL)) -c configs/demo.yaml $(DEMO_MODEL_ARGS)
+
+demo: $(STAMP) $(DEMO_MODEL)
+	$(PY) -m igpo_rlhf.cli train $(DEMO_ARGS_$(DATA)) --set logging.run_dir=$(RUN_DIR) --overwrite
+
+# make train CONFIG=configs/... GPUS=N [TRAIN_ARGS=--resume]: train on this machine with a local Ray that
+# may use N GPUs (GPUS=0: CPU only). On a cluster: ray job submit (see ray_jobs/train.py).
+train: $(STAMP)
+	$(PY) -m igpo_rlhf.cli train -c $(CONFIG) --set resources.num_gpus=$(GPUS) $(TRAIN_ARGS)
+
+# make bench-step: the tiny demo config with grpo and with igpo side by side (bench/RESULTS.md).
+bench-step: $(STAMP) $(DEMO_MODEL)
+	$(PY) bench/step.py -c configs/demo.yaml
 
 clean:
 	rm -rf $(VENV) .cache runs build *.egg-info .pytest_cache .ruff_cache

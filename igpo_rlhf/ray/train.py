@@ -46,14 +46,22 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
-def prepare(cfg: Config) -> list[PromptItem]:
+def prepare(cfg: Config, *, resume: bool = False) -> list[PromptItem]:
     """Every check of the run's inputs, before anything starts: cross-section config constraints, the
-    model directory, and the training questions (a bad row is a ValueError naming file and row).
-    `world:` entries render the built-in world first, before the proxy serves its corpus."""
+    run directory (checkpoints there need --resume), the model directory, and the training questions (a
+    bad row is a ValueError naming file and row). `world:` entries render the built-in world first,
+    before the proxy serves its corpus."""
     from igpo_rlhf.data.datasets import load_questions
+    from igpo_rlhf.ray.checkpoint import CheckpointManager
     from igpo_rlhf.ray.trainer import check_run_config
 
     check_run_config(cfg)
+    checkpoints = CheckpointManager(cfg.logging.run_dir, cfg.checkpoint.keep_last)
+    if not resume and checkpoints.latest() is not None:
+        raise ConfigError(
+            f"{checkpoints.root} already holds checkpoints; pass --resume to continue that run, --overwrite to "
+            "start over, or choose another logging.run_dir"
+        )
     if not (Path(cfg.model.path) / "config.json").is_file():
         raise ConfigError(
             f"model.path={cfg.model.path!r} is not a Hugging Face checkpoint directory (no config.json); "
@@ -109,18 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
-        prompts = prepare(cfg)
+        if args.overwrite:
+            run_dir = Path(cfg.logging.run_dir)
+            for name in _RUN_OUTPUTS:
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        prompts = prepare(cfg, resume=args.resume)
     except (ConfigError, ValueError) as exc:
         print(f"igpo train: {exc}", file=sys.stderr)
         return 2
-    if args.overwrite:
-        run_dir = Path(cfg.logging.run_dir)
-        for name in _RUN_OUTPUTS:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
     try:
         train(cfg, prompts, resume=args.resume)
     except ConfigError as exc:  # found once the run directory is read (existing checkpoints, resume mismatch)

@@ -31,7 +31,15 @@ def test_demo_variants_differ_from_the_demo_only_in_the_estimator(name, estimato
     }
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "demo_grpo.yaml", "demo_ppo.yaml"])
+def test_wiki_demo_differs_from_the_demo_only_in_its_data():
+    demo = flat(load_config(CONFIGS / "demo.yaml").model_dump(mode="json"))
+    wiki = flat(load_config(CONFIGS / "demo_wiki.yaml").model_dump(mode="json"))
+    assert {k for k in demo if demo[k] != wiki[k]} == {"data.train", "search.proxy.corpus", "logging.run_dir"}
+    assert wiki["data.train"] == ["../shared/data/qa/r1searcher_hotpotqa_500.jsonl"]
+    assert wiki["search.proxy.corpus"] == "../shared/data/corpus/wiki_passages.jsonl.gz"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_grpo.yaml", "demo_ppo.yaml", "demo_wiki.yaml"])
 def test_demo_configs_fit_a_two_core_cpu_box(name):
     cfg = load_config(CONFIGS / name)
     check_run_config(cfg)

@@ -33,12 +33,10 @@ import torch
 from igpo_rlhf.data.demos import demo_token_segments, render_demo
 
 EOS = "<|endoftext|>"
-# Tags of each protocol that must be single tokens (tool_call's come from its chat template).
-PROTOCOL_TAGS = {
-    "search_r1": ["<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>",
-                  "</information>"],
-    "tool_call": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<answer>", "</answer>"],
-}  # fmt: skip
+# The search_r1 protocol's tags, one token each. (The tiny model has no chat template, so it does not
+# speak the tool_call protocol; `make_tiny_model` says so when asked.)
+SEARCH_R1_TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>",
+                  "</information>")  # fmt: skip
 
 
 @dataclass
@@ -64,7 +62,7 @@ class TinyModelOptions:
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: list[str], vocab_size: int, tags: list[str]):
+def train_tokenizer(texts: list[str], vocab_size: int, tags: tuple[str, ...] = SEARCH_R1_TAGS):
     """A Qwen2Tokenizer whose BPE vocab and merges are trained on `texts`; `tags` are added tokens.
 
     The pre-tokenizer, normalizer and decoder are those Qwen2Tokenizer builds itself, so the saved
@@ -213,6 +211,7 @@ def warm_start(
 
 # -------------------------------------------------------------------------------------------- build
 def load_demos(world_dir: str | Path) -> list[dict]:
+    """The demonstration rows of a rendered world (`demos.jsonl`)."""
     path = Path(world_dir) / "demos.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} does not exist; render the world first: igpo build-world {world_dir}")
@@ -237,14 +236,13 @@ def make_tiny_model(out: str | Path, world_dir: str | Path, cfg, opts: TinyModel
     from igpo_rlhf.rollout.protocols import make_protocol
 
     t0 = time.time()
-    random.seed(opts.seed)
     demos = load_demos(world_dir)
     text_protocol = _text_protocol(cfg.rollout)
     rendered = [render_demo(d, text_protocol) for d in demos]
     with open(Path(world_dir) / "corpus.jsonl", encoding="utf-8") as f:
         corpus_texts = [json.loads(line)["contents"] for line in f if line.strip()]
     texts = corpus_texts + ["".join(t for _, t in segs) for segs in rendered]
-    tokenizer = train_tokenizer(texts, opts.vocab_size, PROTOCOL_TAGS[cfg.rollout.protocol])
+    tokenizer = train_tokenizer(texts, opts.vocab_size)
     protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
     examples = [encode_demo(d, protocol, tokenizer, cfg.rollout.max_observation_tokens) for d in demos]
     n_tokens = sum(len(x) for x, _ in examples)
@@ -308,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     opts = TinyModelOptions(**{name: getattr(args, name) for name in asdict(defaults)})
+    # an explicit --world is used as it is; the config's world dir is (re)built to match the config,
+    # exactly as the trainer's `world:` datasets do, so the model and the training run share one world
     world_dir = args.world or cfg.data.world.dir
-    if not world_is_built(world_dir, cfg.data.world):
+    missing = not (Path(world_dir) / "world.json").is_file()
+    if missing or (args.world is None and not world_is_built(world_dir, cfg.data.world)):
         print(f"building the world into {world_dir}", flush=True)
         build_world(
             world_dir, cfg.data.world, search_top_k=cfg.rollout.search_top_k, bm25=cfg.search.proxy.bm25

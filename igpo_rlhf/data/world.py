@@ -141,14 +141,15 @@ RELATIONS: dict[str, Relation] = {
 
 
 # --------------------------------------------------------------------------------------- the world
-def _word(rng: random.Random, used: set[str], syllables: int) -> str:
-    for _ in range(1000):
-        w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables))
-        w = w.capitalize()
+def _word(rng: random.Random, used: set[str]) -> str:
+    """A new two-syllable invented word (about 1.4M exist), capitalised."""
+    while True:
+        w = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2)
+        ).capitalize()
         if w not in used and len(w) >= 4:
             used.add(w)
             return w
-    raise RuntimeError("ran out of invented words; lower data.world.n_people")  # 8k+ words per length
 
 
 def generate_world(n_people: int, seed: int) -> World:
@@ -162,28 +163,31 @@ def generate_world(n_people: int, seed: int) -> World:
 
     countries = {}
     for _ in range(n_countries):
-        alias = _word(rng, used, 2)
+        alias = _word(rng, used)
         c = Country(f"{rng.choice(_COUNTRY_FORMS)} of {alias}", alias)
         countries[c.name] = c
     country_names = list(countries)
     cities = {}
     for k in range(n_cities):
-        name = _word(rng, used, 2)
+        name = _word(rng, used)
         # every country gets a city first, then the rest at random
         country = country_names[k] if k < n_countries else rng.choice(country_names)
         cities[name] = City(name, country, rng.choice(_FEATURES))
     city_names = list(cities)
 
     # names: first and last names drawn from pools smaller than the population, so people share them
-    firsts = [_word(rng, used, 2) for _ in range(max(2, n_people // 2))]
-    lasts = [_word(rng, used, 2) for _ in range(max(2, n_people // 3))]
+    # (at least 3 x 3, and n/2 x n/3 >= n from n = 6 on: always enough distinct full names)
+    firsts = [_word(rng, used) for _ in range(max(3, n_people // 2))]
+    lasts = [_word(rng, used) for _ in range(max(3, n_people // 3))]
     names: list[str] = []
+    taken: set[str] = set()
     while len(names) < n_people:
         name = f"{rng.choice(firsts)} {rng.choice(lasts)}"
-        if name not in names:
+        if name not in taken:
+            taken.add(name)
             names.append(name)
 
-    org_words = [_word(rng, used, 2) for _ in range(n_orgs)]
+    org_words = [_word(rng, used) for _ in range(n_orgs)]
     founders = rng.sample(names, n_orgs)  # each founder founds one organisation
     orgs = {}
     for alias, founder in zip(org_words, founders, strict=True):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from igpo_rlhf.config import load_config
 from igpo_rlhf.data.demos import render_demo
-from igpo_rlhf.data.tiny_model import PROTOCOL_TAGS, encode_demo, main, train_tokenizer
+from igpo_rlhf.data.tiny_model import SEARCH_R1_TAGS, encode_demo, main, train_tokenizer
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
 
@@ -27,7 +27,7 @@ SETS = [
     "data.world.n_demos=60",
     "data.world.max_hops=2",
 ]
-FAST = ["--vocab-size", "700", "--hidden-size", "64", "--intermediate-size", "192", "--steps", "150",
+FAST = ["--vocab-size", "700", "--hidden-size", "64", "--intermediate-size", "192", "--steps", "200",
         "--log-every", "50"]  # fmt: skip
 TEXTS = [
     "Zumkeal Teamdrear was born in Poupis in 1920.",
@@ -49,13 +49,13 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_tokenizer_reloads_with_the_same_ids(tmp_path):
-    tok = train_tokenizer(TEXTS * 20, 400, PROTOCOL_TAGS["search_r1"])
+    tok = train_tokenizer(TEXTS * 20, 400)
     tok.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     probe = "".join(TEXTS) + " don't 12345 Ünïcode\r\n\ttabs  <answer> 1920 </answer><|endoftext|>"
     assert again.encode(probe) == tok.encode(probe)
     assert again.decode(again.encode(probe)) == probe
-    for tag in PROTOCOL_TAGS["search_r1"]:
+    for tag in SEARCH_R1_TAGS:
         [tag_id] = again.encode(tag)  # one token each
         assert again.decode([tag_id], skip_special_tokens=True) == tag  # not special: decoding keeps it
     assert again.eos_token == again.pad_token == "<|endoftext|>" and again.encode("<|endoftext|>") == [
@@ -100,7 +100,7 @@ def test_warm_start_trains_only_on_generated_turns(tiny):
 
 def test_same_seed_gives_the_same_weights(tiny, tmp_path):
     world_dir, _ = tiny
-    short = [a if a != "150" else "4" for a in FAST]  # 4 steps: enough to compare the optimiser's path
+    short = [a if a != "200" else "4" for a in FAST]  # 4 steps: enough to compare the optimiser's path
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert main([str(out), *short, "--world", str(world_dir), *_overrides(world_dir)]) == 0

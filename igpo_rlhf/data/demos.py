@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from igpo_rlhf.data.world import RELATIONS, Question, World
+from igpo_rlhf.data.world import RELATIONS, Fact, Question, World, fact_passage_ids
 
 if TYPE_CHECKING:
     from igpo_rlhf.rollout.protocols import AgentProtocol
@@ -44,58 +44,10 @@ class BM25Search:
     __call__ = search
 
 
-def fact_passages(corpus: list[dict], world: World) -> dict[tuple[str, str], str]:
-    """(relation, subject) → id of the passage that states that fact, found by its exact sentence."""
-    by_text = {row["text"]: row["id"] for row in corpus}
-    out = {}
-    for row in corpus:
-        for (rel, subject), sentence in _fact_sentences(world, row["title"]).items():
-            if row["text"].startswith(sentence):
-                out[rel, subject] = row["id"]
-    missing = [k for k in _all_facts(world) if k not in out]
-    if missing:
-        raise ValueError(f"the corpus states no passage for facts {missing[:5]} ({len(by_text)} passages)")
-    return out
-
-
-def _fact_sentences(world: World, title: str) -> dict[tuple[str, str], str]:
-    """The sentences that begin the fact passages titled `title`."""
-    out = {}
-    if title in world.people:
-        p = world.people[title]
-        out["born_in", title] = out["birth_year", title] = (
-            f"{title} was born in {p.birth_city} in {p.birth_year}."
-        )
-        out["employer", title] = f"{title} works for {p.employer} "
-        if p.spouse is not None:
-            out["spouse", title] = f"{title} is married to {p.spouse}."
-    elif title in world.orgs:
-        o = world.orgs[title]
-        out["founder", title] = out["founded_year", title] = (
-            f"{title} was founded by {o.founder} in {o.founded}."
-        )
-        out["based_in", title] = f"{title} is based in {o.city}."
-    elif title in world.cities:
-        out["country", title] = f"{title} is a city in the {world.cities[title].country}."
-    return out
-
-
-def _all_facts(world: World) -> list[tuple[str, str]]:
-    facts = []
-    for name, p in world.people.items():
-        facts += [("born_in", name), ("birth_year", name), ("employer", name)]
-        if p.spouse is not None:
-            facts.append(("spouse", name))
-    for name in world.orgs:
-        facts += [("founder", name), ("based_in", name), ("founded_year", name)]
-    facts += [("country", name) for name in world.cities]
-    return facts
-
-
 def demo_steps(
     q: Question,
     search: BM25Search,
-    gold_ids: dict[tuple[str, str], str],
+    gold_ids: dict[Fact, str],
     top_k: int,
     *,
     brief_final: bool = False,
@@ -147,7 +99,7 @@ def make_demos(
     A demo whose search misses its fact passage in the top `top_k` would teach reading an answer that is
     not there, so such questions are left out (counted in the statistics)."""
     search = BM25Search(corpus, bm25)
-    gold_ids = fact_passages(corpus, world)
+    gold_ids = fact_passage_ids(world)
     demos, n_search, n_rank1, dropped = [], 0, 0, 0
     for k, (q, row) in enumerate(zip(questions, rows, strict=True)):
         steps = demo_steps(q, search, gold_ids, top_k, brief_final=k % 2 == 1)

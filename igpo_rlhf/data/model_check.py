@@ -51,8 +51,8 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
     """Beliefs along good trajectories (the demonstration recipe) for the first `n` test questions:
     log b at the prompt alone and after each observation. The last observation holds the answer, so a
     model that reads it should put more probability on the gold there than at the prompt."""
-    from igpo_rlhf.data.demos import BM25Search, demo_steps, demo_token_segments, fact_passages
-    from igpo_rlhf.data.world import all_questions, generate_world
+    from igpo_rlhf.data.demos import BM25Search, demo_steps, demo_token_segments
+    from igpo_rlhf.data.world import all_questions, fact_passage_ids, generate_world
 
     world_dir = Path(world_dir)
     settings = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))["settings"]
@@ -61,7 +61,7 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
     corpus = [
         json.loads(line) for line in (world_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    search, gold_ids = BM25Search(corpus, cfg.search.proxy.bm25), fact_passages(corpus, world)
+    search, gold_ids = BM25Search(corpus, cfg.search.proxy.bm25), fact_passage_ids(world)
     probe = tokenizer.encode(cfg.algorithm.answer_probe, add_special_tokens=False)
     rows = [json.loads(line) for line in (world_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()][
         :n

@@ -252,25 +252,42 @@ def aliases(world: World, kind: str, name: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ corpus
-def _passages(world: World) -> list[tuple[str, str]]:
-    """(title, text) of every passage: the facts the questions need, and distractors."""
-    out: list[tuple[str, str]] = []
+Fact = tuple[str, str]  # (relation, subject)
+
+
+def _passages(world: World) -> list[tuple[str, str, tuple[Fact, ...]]]:
+    """(title, text, facts it states) of every passage: the facts questions need, and distractors."""
+    out: list[tuple[str, str, tuple[Fact, ...]]] = []
     for p in world.people.values():
-        out.append((p.name, f"{p.name} was born in {p.birth_city} in {p.birth_year}."))
+        out.append(
+            (
+                p.name,
+                f"{p.name} was born in {p.birth_city} in {p.birth_year}.",
+                (("born_in", p.name), ("birth_year", p.name)),
+            )
+        )
         article = "an" if p.job[0] in "aeiou" else "a"
-        out.append((p.name, f"{p.name} works for {p.employer} as {article} {p.job}."))
+        out.append(
+            (p.name, f"{p.name} works for {p.employer} as {article} {p.job}.", (("employer", p.name),))
+        )
         if p.spouse is not None:
-            out.append((p.name, f"{p.name} is married to {p.spouse}."))
-        out.append((p.name, f"{p.name} enjoys {p.hobbies[0]} and {p.hobbies[1]}."))  # distractor
+            out.append((p.name, f"{p.name} is married to {p.spouse}.", (("spouse", p.name),)))
+        out.append((p.name, f"{p.name} enjoys {p.hobbies[0]} and {p.hobbies[1]}.", ()))  # distractor
     for o in world.orgs.values():
-        out.append((o.name, f"{o.name} was founded by {o.founder} in {o.founded}."))
-        out.append((o.name, f"{o.name} is based in {o.city}. It makes {o.product}."))
+        out.append(
+            (
+                o.name,
+                f"{o.name} was founded by {o.founder} in {o.founded}.",
+                (("founder", o.name), ("founded_year", o.name)),
+            )
+        )
+        out.append((o.name, f"{o.name} is based in {o.city}. It makes {o.product}.", (("based_in", o.name),)))
     for c in world.cities.values():
-        out.append((c.name, f"{c.name} is a city in the {c.country}."))
-        out.append((c.name, f"{c.name} is known for its {c.feature}."))  # distractor
+        out.append((c.name, f"{c.name} is a city in the {c.country}.", (("country", c.name),)))
+        out.append((c.name, f"{c.name} is known for its {c.feature}.", ()))  # distractor
     for k in world.countries.values():
         n = sum(c.country == k.name for c in world.cities.values())
-        out.append((k.name, f"The {k.name}, or {k.alias}, has {n} cities."))  # distractor
+        out.append((k.name, f"The {k.name}, or {k.alias}, has {n} cities.", ()))  # distractor
     return out
 
 
@@ -278,8 +295,13 @@ def render_corpus(world: World) -> list[dict]:
     """Corpus rows `{"id", "title", "text", "contents"}` with contents = `"Title"\\ntext` (Search-R1 layout)."""
     return [
         {"id": str(k), "title": title, "text": text, "contents": f'"{title}"\n{text}'}
-        for k, (title, text) in enumerate(_passages(world))
+        for k, (title, text, _) in enumerate(_passages(world))
     ]
+
+
+def fact_passage_ids(world: World) -> dict[Fact, str]:
+    """(relation, subject) → id (in `render_corpus`) of the passage stating that fact."""
+    return {fact: str(k) for k, (_, _, facts) in enumerate(_passages(world)) for fact in facts}
 
 
 # --------------------------------------------------------------------------------------- questions

@@ -129,3 +129,13 @@ def test_sampled_first_turns_are_mostly_well_formed_searches(tiny):
     )
     kinds = [protocol.parse(tok.decode(g.token_ids)).kind for g in gens]
     assert kinds.count("search") >= 0.75 * len(kinds), kinds
+
+
+def test_tool_call_protocol_is_refused_with_a_clear_error(tiny, tmp_path, capsys):
+    world_dir, _ = tiny
+    sets = ["rollout.protocol=tool_call", "rollout.use_chat_template=true"]
+    args = [str(tmp_path / "m"), "--world", str(world_dir), *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "rollout.protocol='tool_call'" in err and "built for protocol search_r1" in err
+    assert not (tmp_path / "m").exists()

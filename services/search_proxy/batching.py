@@ -51,6 +51,7 @@ class MicroBatcher:
         self._full = asyncio.Event()  # set when the queue holds max_queries
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name=f"batcher-{backend.name}")
+        self._dispatcher.add_done_callback(self._dispatcher_ended)
 
     def submit(self, query: str, top_k: int) -> asyncio.Future[Answer]:
         """The future of this query's answer; shared with any identical query queued or in flight."""
@@ -126,6 +127,10 @@ class MicroBatcher:
             future.exception()  # mark it retrieved: waiters that already gave up must not log it as lost
         else:
             future.set_result(outcome)
+
+    def _dispatcher_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so loudly, queries would hang
+            log.error("micro-batcher of %s stopped: %r", self.backend.name, task.exception())
 
     async def aclose(self) -> None:
         """Stop dispatching; queued queries fail with a clear error."""

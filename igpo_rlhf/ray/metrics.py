@@ -122,6 +122,7 @@ class MetricsLogger:
             self._bar.update(1)
             self._bar.set_postfix_str(f"reward {metrics.get('reward/outcome', float('nan')):+.3f}")
             tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()  # the bar writes to stderr unbuffered; keep the two in order in a shared log
         else:
             print(line, flush=True)
         return line

@@ -25,6 +25,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,10 +34,12 @@ import torch
 from igpo_rlhf.data.demos import demo_token_segments, render_demo
 
 EOS = "<|endoftext|>"
-# The search_r1 protocol's tags, one token each. (The tiny model has no chat template, so it does not
-# speak the tool_call protocol; `make_tiny_model` says so when asked.)
-SEARCH_R1_TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>",
-                  "</information>")  # fmt: skip
+# Protocol tags that must be single tokens, by protocol. Only search_r1: the tiny model has no chat
+# template, so it does not speak the tool_call protocol (`make_tiny_model` says so when asked).
+PROTOCOL_TAGS = {
+    "search_r1": ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>",
+                  "</information>"),
+}  # fmt: skip
 
 
 @dataclass
@@ -62,7 +65,7 @@ class TinyModelOptions:
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: list[str], vocab_size: int, tags: tuple[str, ...] = SEARCH_R1_TAGS):
+def train_tokenizer(texts: list[str], vocab_size: int, tags: Sequence[str] = PROTOCOL_TAGS["search_r1"]):
     """A Qwen2Tokenizer whose BPE vocab and merges are trained on `texts`; `tags` are added tokens.
 
     The pre-tokenizer, normalizer and decoder are those Qwen2Tokenizer builds itself, so the saved
@@ -242,7 +245,7 @@ def make_tiny_model(out: str | Path, world_dir: str | Path, cfg, opts: TinyModel
     with open(Path(world_dir) / "corpus.jsonl", encoding="utf-8") as f:
         corpus_texts = [json.loads(line)["contents"] for line in f if line.strip()]
     texts = corpus_texts + ["".join(t for _, t in segs) for segs in rendered]
-    tokenizer = train_tokenizer(texts, opts.vocab_size)
+    tokenizer = train_tokenizer(texts, opts.vocab_size, PROTOCOL_TAGS[cfg.rollout.protocol])
     protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
     examples = [encode_demo(d, protocol, tokenizer, cfg.rollout.max_observation_tokens) for d in demos]
     n_tokens = sum(len(x) for x, _ in examples)

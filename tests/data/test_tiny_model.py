@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from igpo_rlhf.config import load_config
 from igpo_rlhf.data.demos import render_demo
-from igpo_rlhf.data.tiny_model import SEARCH_R1_TAGS, encode_demo, main, train_tokenizer
+from igpo_rlhf.data.tiny_model import PROTOCOL_TAGS, encode_demo, main, train_tokenizer
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
 
@@ -55,7 +55,7 @@ def test_tokenizer_reloads_with_the_same_ids(tmp_path):
     probe = "".join(TEXTS) + " don't 12345 Ünïcode\r\n\ttabs  <answer> 1920 </answer><|endoftext|>"
     assert again.encode(probe) == tok.encode(probe)
     assert again.decode(again.encode(probe)) == probe
-    for tag in SEARCH_R1_TAGS:
+    for tag in PROTOCOL_TAGS["search_r1"]:
         [tag_id] = again.encode(tag)  # one token each
         assert again.decode([tag_id], skip_special_tokens=True) == tag  # not special: decoding keeps it
     assert again.eos_token == again.pad_token == "<|endoftext|>" and again.encode("<|endoftext|>") == [

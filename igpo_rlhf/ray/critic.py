@@ -7,7 +7,7 @@ hidden state after reading tok_<j; position 0 is 0. Trained with the clipped val
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from torch import nn
 from igpo_rlhf.algo import value_loss
 from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
 from igpo_rlhf.ray.logprobs import length_batches, pad_right
+
+if TYPE_CHECKING:
+    from igpo_rlhf.config import Config, ModelConfig
 
 
 class ValueModel(nn.Module):
@@ -36,7 +39,7 @@ class ValueModel(nn.Module):
         )  # shift: values[b, j] = head(h_{j-1})
 
 
-def load_value_model(path: str, model_cfg: Any, dtype: str) -> ValueModel:
+def load_value_model(path: str, model_cfg: ModelConfig, dtype: str) -> ValueModel:
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(
@@ -52,7 +55,7 @@ def load_value_model(path: str, model_cfg: Any, dtype: str) -> ValueModel:
 class CriticActor(DeepSpeedActor):
     """Rank `rank` of the critic's DeepSpeed group."""
 
-    def init_model(self, cfg: Any, *, grad_accum: int, total_optimizer_steps: int) -> None:
+    def init_model(self, cfg: Config, *, grad_accum: int, total_optimizer_steps: int) -> None:
         """Load the backbone (`model.critic_path`, default `model.path`) with a fresh head; collective."""
         torch.manual_seed(cfg.train.seed)
         self.agg = cfg.algorithm.loss_agg

@@ -22,13 +22,16 @@ import math
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from igpo_rlhf.ray.batch import MiniBatch, loss_weight, micro_batches, pad_experiences
 from igpo_rlhf.ray.group import DistributedActor
+
+if TYPE_CHECKING:
+    from igpo_rlhf.config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -102,7 +105,7 @@ class DeepSpeedActor(DistributedActor):
         build_model: Callable[[], torch.nn.Module],
         *,
         lr: float,
-        train_cfg: Any,
+        train_cfg: TrainConfig,
         dtype: str,
         grad_accum: int,
         total_optimizer_steps: int,

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -21,8 +21,11 @@ from igpo_rlhf.ray.group import ActorGroup
 from igpo_rlhf.ray.placement import RolePlacement
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
 
+if TYPE_CHECKING:
+    from igpo_rlhf.config import Config, SearchConfig
 
-def search_token(search_cfg: Any) -> str | None:
+
+def search_token(search_cfg: SearchConfig) -> str | None:
     """The proxy's bearer token from the environment variable `search.token_env` names (None: no auth)."""
     if search_cfg.token_env is None:
         return None
@@ -43,7 +46,7 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 class HFRollouts:
     """RolloutActors (transformers generate), one per `resources.rollout.num_actors`."""
 
-    def __init__(self, cfg: Any, placement: RolePlacement, search_url: str) -> None:
+    def __init__(self, cfg: Config, placement: RolePlacement, search_url: str) -> None:
         from igpo_rlhf.ray.rollout_actor import RolloutActor
 
         self.group = ActorGroup(
@@ -89,7 +92,7 @@ class HFRollouts:
 class VLLMRollouts:
     """vLLM engine actors + the agent loop in the driver (GPU only)."""
 
-    def __init__(self, cfg: Any, search_url: str, tokenizer: Any, protocol: Any) -> None:
+    def __init__(self, cfg: Config, search_url: str, tokenizer: Any, protocol: Any) -> None:
         from igpo_rlhf.rollout import vllm_engine
         from services.search_proxy.client import SearchClient
 

@@ -10,9 +10,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from igpo_rlhf.config import LoggingConfig
 
 _TIMES = ("rollout", "search", "scoring", "reference", "critic", "update", "sync", "checkpoint")
 
@@ -55,7 +58,13 @@ class MetricsLogger:
     after; lines of later steps left in metrics.jsonl by the interrupted run are dropped."""
 
     def __init__(
-        self, run_dir: str | Path, logging_cfg: Any, *, total_steps: int, start_step: int, run_config: dict
+        self,
+        run_dir: str | Path,
+        logging_cfg: LoggingConfig,
+        *,
+        total_steps: int,
+        start_step: int,
+        run_config: dict,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ store (`state_dict_for_sync`) on CPU and for HF rollout actors, or by NCCL broad
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +21,11 @@ from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
 from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
 from igpo_rlhf.ray.logprobs import token_entropy, token_log_probs
 
+if TYPE_CHECKING:
+    from igpo_rlhf.config import Config, ModelConfig
 
-def load_causal_lm(path: str, model_cfg: Any, dtype: str) -> torch.nn.Module:
+
+def load_causal_lm(path: str, model_cfg: ModelConfig, dtype: str) -> torch.nn.Module:
     """The HF causal LM at `path` (local files only) in `dtype`, with the configured attention kernel."""
     from transformers import AutoModelForCausalLM
 
@@ -38,7 +41,7 @@ def load_causal_lm(path: str, model_cfg: Any, dtype: str) -> torch.nn.Module:
 class PolicyActor(DeepSpeedActor):
     """Rank `rank` of the policy's DeepSpeed group (created by ActorGroup(..., distributed=True))."""
 
-    def init_model(self, cfg: Any, *, grad_accum: int, total_optimizer_steps: int) -> int:
+    def init_model(self, cfg: Config, *, grad_accum: int, total_optimizer_steps: int) -> int:
         """Load `cfg.model.path` and set up DeepSpeed; collective over the group. Returns the parameter count."""
         torch.manual_seed(cfg.train.seed)
         algo = cfg.algorithm

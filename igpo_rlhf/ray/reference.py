@@ -6,7 +6,7 @@ bf16 copy of a 3B/7B model fits on one GPU). Rows are batched by length within `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,11 +14,14 @@ from igpo_rlhf.ray.deepspeed_actor import training_device
 from igpo_rlhf.ray.logprobs import length_batches, pad_right, token_log_probs
 from igpo_rlhf.ray.policy import load_causal_lm
 
+if TYPE_CHECKING:
+    from igpo_rlhf.config import Config
+
 
 class ReferenceActor:
     """Holds π_ref (`model.ref_path`, default the initial policy `model.path`)."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         torch.manual_seed(cfg.train.seed)
         self.device = training_device()
         path = cfg.model.ref_path or cfg.model.path

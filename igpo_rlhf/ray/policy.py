@@ -138,7 +138,9 @@ class PolicyActor(DeepSpeedActor):
         """NCCL broadcast of every parameter from rank 0 into the vLLM engines (GPU runs; collective).
 
         Through igpo_rlhf.rollout.vllm_engine's `init_weight_sync` (once) and `broadcast_weights`, which
-        wrap OpenRLHF's engine-side receivers. Cannot run on a CPU machine. Returns the tensors sent.
+        wrap OpenRLHF's engine-side receivers; tensors go in bfloat16, the engines' dtype. Under ZeRO-3
+        every rank gathers each parameter in turn and rank 0 sends it; otherwise rank 0 sends all at
+        once. Cannot run on a CPU machine. Returns the tensors sent (0 on ranks > 0).
         """
         from igpo_rlhf.rollout import vllm_engine
 
@@ -146,9 +148,16 @@ class PolicyActor(DeepSpeedActor):
             self._vllm_group = vllm_engine.init_weight_sync(
                 engines, tensor_parallel_size=tensor_parallel_size, backend=backend
             )
+        params = list(self.engine.module.named_parameters())
+        if self.zero_stage != 3:
+            if self.rank != 0:
+                return 0
+            tensors = ((name, p.data.to(torch.bfloat16)) for name, p in params)
+            return vllm_engine.broadcast_weights(engines, self._vllm_group, tensors)
         sent = 0
-        for name, param in self.engine.module.named_parameters():
+        for name, param in params:
             with self._gathered([param]):
                 if self.rank == 0:
-                    sent += vllm_engine.broadcast_weights(engines, self._vllm_group, [(name, param.data)])
+                    tensor = param.data.to(torch.bfloat16)
+                    sent += vllm_engine.broadcast_weights(engines, self._vllm_group, [(name, tensor)])
         return sent

@@ -77,13 +77,12 @@ ifeq ($(filter $(DATA),world wiki),)
 $(error DATA=$(DATA): accepted world (the built-in world) or wiki (the shipped data))
 endif
 DEMO_MODEL := .cache/demo/model/tiny_model.json
-DEMO_MODEL_ARGS := --hidden-size 96 --layers 3 --heads 4 --kv-heads 2 --intermediate-size 256 --steps 200 --batch-size 16
 DEMO_ARGS_world := -c $(CONFIG)
 DEMO_ARGS_wiki := -c configs/demo_wiki.yaml --set 'data.train=[$(SHARED)/data/qa/r1searcher_hotpotqa_500.jsonl]' \
 	--set search.proxy.corpus=$(SHARED)/data/corpus/wiki_passages.jsonl.gz
 
 $(DEMO_MODEL): configs/demo.yaml igpo_rlhf/data/tiny_model.py igpo_rlhf/data/world.py igpo_rlhf/data/demos.py | $(STAMP)
-	$(PY) -m igpo_rlhf.cli make-tiny-model $(dir $(DEMO_MODEL)) -c configs/demo.yaml $(DEMO_MODEL_ARGS)
+	$(PY) -m igpo_rlhf.cli make-tiny-model $(dir $(DEMO_MODEL)) -c configs/demo.yaml
 
 demo: $(STAMP) $(DEMO_MODEL)
 	$(PY) -m igpo_rlhf.cli train $(DEMO_ARGS_$(DATA)) --set logging.run_dir=$(RUN_DIR) --overwrite

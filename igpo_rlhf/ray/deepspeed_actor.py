@@ -208,6 +208,3 @@ class DeepSpeedActor(DistributedActor):
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-
-    def optimizer_steps(self) -> int:
-        return int(self.engine.global_steps)

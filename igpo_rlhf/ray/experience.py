@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from igpo_rlhf.algo import gae_advantages, info_gain_rewards, token_advantages, turn_advantages
 from igpo_rlhf.ray.logprobs import pad_right
 from igpo_rlhf.rewards import exact_match, f1_score, outcome_reward
+
+if TYPE_CHECKING:
+    from igpo_rlhf.config import AlgorithmConfig
+    from igpo_rlhf.rollout.trajectory import Trajectory
 
 ESTIMATORS = ("igpo", "grpo", "ppo")
 
@@ -37,7 +41,7 @@ class Outcome:
     answered: bool  # a well-formed answer was given
 
 
-def score_outcomes(trajectories: Sequence[Any], algo: Any) -> list[Outcome]:
+def score_outcomes(trajectories: Sequence[Trajectory], algo: AlgorithmConfig) -> list[Outcome]:
     """Outcome of each trajectory (its `answer` and `golds`) under `algorithm.outcome_metric` etc."""
     out = []
     for traj in trajectories:

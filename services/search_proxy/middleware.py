@@ -91,5 +91,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.child(self.metrics.requests, endpoint, str(status)).inc()
+            self.metrics.child(self.metrics.request_seconds, endpoint).observe(time.perf_counter() - started)

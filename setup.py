@@ -23,6 +23,8 @@ CORE = [
     "safetensors",
     "ray[default]>=2.55,<3",
     "deepspeed>=0.19.6,<0.20",
+    # transformers' HfDeepSpeedConfig (ZeRO-3 model init) requires it at run time
+    "accelerate>=1.1.0",
     "numpy>=1.26",
     "pydantic>=2.7,<3",
     "pyyaml>=6",

@@ -303,7 +303,10 @@ class LoggingConfig(_Section):
     wandb_project: str | None = Field(None, description="Also log to Weights & Biases under this project.")
     wandb_run_name: str | None = Field(None, description="W&B run name (defaults to the run_dir name).")
     save_rollouts: bool = Field(True, description="Save every step's rollouts as JSON lines for the viewer.")
-    progress_bar: bool = Field(True, description="A progress bar over the run on stderr.")
+    progress_bar: bool = Field(
+        True,
+        description="A progress bar over the run on stderr (when stderr is a terminal; logs get the per-step lines only).",
+    )
 
 
 class CheckpointConfig(_Section):

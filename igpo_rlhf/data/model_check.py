@@ -94,7 +94,7 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from igpo_rlhf.data.datasets import load_questions
-    from igpo_rlhf.rollout.agent_loop import run_rollouts
+    from igpo_rlhf.rollout.agent_loop import rollouts_for_config
     from igpo_rlhf.rollout.engine import HFEngine
     from igpo_rlhf.rollout.protocols import make_protocol
     from services.search_proxy.client import SearchClient
@@ -107,7 +107,6 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
     questions = load_questions(["world:test"], world_dir=world_dir)
     rng = random.Random(seed)
     prompts = [rng.choice(questions) for _ in range(n)]
-    r = cfg.rollout
     settings = cfg.search.proxy.model_copy(
         update={"backend": "bm25", "corpus": Path(world_dir) / "corpus.jsonl", "log_level": "warning"}
     )
@@ -115,23 +114,15 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
         update={"mode": "off", "dir": Path(tempfile.mkdtemp(prefix="model_check."))}
     )
     with start_proxy(settings.model_copy(update={"cache": cache})) as proxy:
-        trajectories = run_rollouts(
+        trajectories = rollouts_for_config(
             HFEngine(model, tokenizer),
             tokenizer,
             protocol,
             SearchClient(proxy.url),
             prompts,
-            n_samples=1,
-            max_turns=r.max_turns,
-            max_new_tokens=r.max_new_tokens,
-            max_total_tokens=r.max_total_tokens,
-            max_observation_tokens=r.max_observation_tokens,
-            search_top_k=r.search_top_k,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            batch_size=r.batch_size,
+            cfg.rollout.model_copy(update={"n_samples": 1}),
             seed=seed,
+            weights_version=0,
         )
 
     rows = []

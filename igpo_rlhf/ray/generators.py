@@ -122,27 +122,16 @@ class VLLMRollouts:
         return []
 
     def generate(self, prompts: list[PromptItem], step: int) -> list[Trajectory]:
-        from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
+        from igpo_rlhf.rollout.agent_loop import call_seed, rollouts_for_config
 
-        c = self.cfg.rollout
-        return run_rollouts(
+        return rollouts_for_config(
             self.engine,
             self.tokenizer,
             self.protocol,
             self.search,
             prompts,
-            n_samples=c.n_samples,
-            max_turns=c.max_turns,
-            max_new_tokens=c.max_new_tokens,
-            max_total_tokens=c.max_total_tokens,
-            max_observation_tokens=c.max_observation_tokens,
-            search_top_k=c.search_top_k,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            batch_size=c.batch_size,
+            self.cfg.rollout,
             seed=call_seed(self.cfg.train.seed, step, 0),
-            max_prompt_tokens=c.max_prompt_tokens,
             weights_version=self.version,
         )
 

@@ -81,7 +81,8 @@ class MetricsLogger:
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-            if logging_cfg.progress_bar
+            # a bar redrawn with carriage returns only garbles a log file or a `ray job logs` stream
+            if logging_cfg.progress_bar and sys.stderr.isatty()
             else None
         )
         self._tb = None

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from igpo_rlhf.config import RolloutConfig
-from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
+from igpo_rlhf.rollout.agent_loop import call_seed, rollouts_for_config
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
@@ -98,25 +98,14 @@ class _RolloutActor:
         """n = rollout.n_samples rollouts of every prompt, sampled with a seed derived from (seed, step,
         group_offset). `group_offset`: index of prompts[0] within the step (when several actors share it);
         the trajectories' group_id counts from there."""
-        c = self.cfg
-        trajectories = run_rollouts(
+        trajectories = rollouts_for_config(
             self.engine,
             self.tokenizer,
             self.protocol,
             self.search,
             prompts,
-            n_samples=c.n_samples,
-            max_turns=c.max_turns,
-            max_new_tokens=c.max_new_tokens,
-            max_total_tokens=c.max_total_tokens,
-            max_observation_tokens=c.max_observation_tokens,
-            search_top_k=c.search_top_k,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            batch_size=c.batch_size,
+            self.cfg,
             seed=call_seed(self.seed, step, group_offset),
-            max_prompt_tokens=c.max_prompt_tokens,
             weights_version=self.version,
         )
         for traj in trajectories:

@@ -36,6 +36,8 @@ from services.search_proxy.client import SearchError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from igpo_rlhf.config import RolloutConfig
+
 
 class Searcher(Protocol):
     """What the loop needs from a search client (`services.search_proxy.client.SearchClient`)."""
@@ -156,6 +158,41 @@ def run_rollouts(
             )
         round_ += 1
     return [_finish(r, weights_version) for r in rollouts]
+
+
+def rollouts_for_config(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    protocol: AgentProtocol,
+    search: Searcher,
+    prompts: list[PromptItem],
+    cfg: RolloutConfig,
+    *,
+    seed: int | None,
+    weights_version: int,
+) -> list[Trajectory]:
+    """`run_rollouts` with every sampling and length limit taken from the `rollout` config section
+    (the hf RolloutActor, the vllm driver-side generator and `igpo make-tiny-model`'s check)."""
+    return run_rollouts(
+        engine,
+        tokenizer,
+        protocol,
+        search,
+        prompts,
+        n_samples=cfg.n_samples,
+        max_turns=cfg.max_turns,
+        max_new_tokens=cfg.max_new_tokens,
+        max_total_tokens=cfg.max_total_tokens,
+        max_observation_tokens=cfg.max_observation_tokens,
+        search_top_k=cfg.search_top_k,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        weights_version=weights_version,
+    )
 
 
 def _generate_turn(

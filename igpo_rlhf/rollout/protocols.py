@@ -254,7 +254,43 @@ def _fill_question(template: str, question: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- protocols
-class SearchR1Protocol:
+class _Observations:
+    """Observation rendering shared by both protocols: `obs_head` + body + `obs_tail`, where the body is the
+    rendered passages or the search error. Subclasses set tokenizer, document_template, obs_head, obs_tail."""
+
+    # the tool message of a chat template holds the body without a trailing newline
+    strip_body_newline = False
+
+    def _parts(self, results, error, queries) -> tuple[str, str, str]:
+        if results is None:
+            if not error:
+                raise ValueError("observation needs search results or an error message, got neither")
+            body = _error_body(error)
+        else:
+            body = _render_documents(results, self.document_template, queries)
+        if self.strip_body_newline:
+            body = body.rstrip("\n")
+        return self.obs_head, body, self.obs_tail
+
+    def observation_text(
+        self, results: list[list[dict]] | None, error: str | None = None, queries: list[str] | None = None
+    ) -> str:
+        """Text appended after a search turn: the passages (or the search error) framed as an observation."""
+        return "".join(self._parts(results, error, queries))
+
+    def observation_ids(
+        self,
+        results: list[list[dict]] | None,
+        error: str | None = None,
+        *,
+        max_tokens: int | None = None,
+        queries: list[str] | None = None,
+    ) -> list[int]:
+        """Token ids of observation_text, the passages cut so that it has at most `max_tokens` ids."""
+        return _observation_ids(self.tokenizer, *self._parts(results, error, queries), max_tokens)
+
+
+class SearchR1Protocol(_Observations):
     """Search-R1 tags: `<think>`, `<search> q </search>`, `<information>` observations, `<answer>`."""
 
     name = "search_r1"
@@ -299,30 +335,6 @@ class SearchR1Protocol:
         """One generated turn → Action (rules in the module docstring)."""
         return _parse_turn(turn_text, _SEARCH_BLOCK, "search", _read_search_r1_call)
 
-    def _parts(self, results, error, queries) -> tuple[str, str, str]:
-        if results is None:
-            if not error:
-                raise ValueError("observation needs search results or an error message, got neither")
-            return self.obs_head, _error_body(error), self.obs_tail
-        return self.obs_head, _render_documents(results, self.document_template, queries), self.obs_tail
-
-    def observation_text(
-        self, results: list[list[dict]] | None, error: str | None = None, queries: list[str] | None = None
-    ) -> str:
-        """Text appended after a search turn: the passages (or the search error) in observation_template."""
-        return "".join(self._parts(results, error, queries))
-
-    def observation_ids(
-        self,
-        results: list[list[dict]] | None,
-        error: str | None = None,
-        *,
-        max_tokens: int | None = None,
-        queries: list[str] | None = None,
-    ) -> list[int]:
-        """Token ids of observation_text, the passages cut so that it has at most `max_tokens` ids."""
-        return _observation_ids(self.tokenizer, *self._parts(results, error, queries), max_tokens)
-
     def demo_turn_text(
         self, *, think: str, queries: list[str] | None = None, answer: str | None = None
     ) -> str:
@@ -335,10 +347,11 @@ class SearchR1Protocol:
         return f"<think> {think} </think>\n<answer> {answer} </answer>"
 
 
-class ToolCallProtocol:
+class ToolCallProtocol(_Observations):
     """The chat template's tool calls with a `search` tool over a list of queries (DeepResearcher style)."""
 
     name = "tool_call"
+    strip_body_newline = True
     stop_strings = ["</tool_call>", "</answer>"]
 
     def __init__(
@@ -389,32 +402,6 @@ class ToolCallProtocol:
     def parse(self, turn_text: str) -> Action:
         """One generated turn → Action (rules in the module docstring)."""
         return _parse_turn(turn_text, _TOOL_CALL_BLOCK, "tool_call", _read_tool_call)
-
-    def _parts(self, results, error, queries) -> tuple[str, str, str]:
-        if results is None:
-            if not error:
-                raise ValueError("observation needs search results or an error message, got neither")
-            body = _error_body(error)
-        else:
-            body = _render_documents(results, self.document_template, queries)
-        return self.obs_head, body.rstrip("\n"), self.obs_tail
-
-    def observation_text(
-        self, results: list[list[dict]] | None, error: str | None = None, queries: list[str] | None = None
-    ) -> str:
-        """End of the assistant turn + the passages (or the error) as a tool message + next assistant header."""
-        return "".join(self._parts(results, error, queries))
-
-    def observation_ids(
-        self,
-        results: list[list[dict]] | None,
-        error: str | None = None,
-        *,
-        max_tokens: int | None = None,
-        queries: list[str] | None = None,
-    ) -> list[int]:
-        """Token ids of observation_text, the passages cut so that it has at most `max_tokens` ids."""
-        return _observation_ids(self.tokenizer, *self._parts(results, error, queries), max_tokens)
 
     def demo_turn_text(
         self, *, think: str, queries: list[str] | None = None, answer: str | None = None

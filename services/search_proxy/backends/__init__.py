@@ -11,8 +11,10 @@ runs on the backend's own worker thread so retrieval never blocks the event loop
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +59,32 @@ class Backend(Protocol):
     async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class LocalBackend:
+    """Shared part of the in-process backends (bm25, dense, hybrid): a blocking `retrieve` that subclasses
+    implement, run by `search` on the backend's one worker thread, over `self.passages`."""
+
+    cache_ttl_s = 0.0
+    max_concurrent_calls = 1
+    passages: list  # list[Passage]
+
+    def _start_worker(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+
+    def retrieve(self, queries: list[str], top_k: int) -> list[list[Hit]]:
+        raise NotImplementedError
+
+    def _hit(self, doc: int, score: float) -> Hit:
+        p = self.passages[doc]
+        return Hit(id=p.id, title=p.title, text=p.text, score=score, url=p.url)
+
+    async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]:
+        """`retrieve` on this backend's worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.retrieve, queries, top_k)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 def options_key(name: str, *parts: object) -> str:

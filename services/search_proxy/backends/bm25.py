@@ -11,19 +11,17 @@ bench/search_proxy.py); tests/services/test_bm25.py checks both against a slow h
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-from services.search_proxy.backends import Hit, options_key
+from services.search_proxy.backends import Hit, LocalBackend, options_key
 from services.search_proxy.corpus import Passage
 from services.search_proxy.settings import Bm25Settings
 
@@ -38,12 +36,10 @@ def passage_text(passage: Passage) -> str:
     return f"{passage.title}\n{passage.text}"
 
 
-class Bm25Backend:
+class Bm25Backend(LocalBackend):
     """BM25 (bm25s index) over an in-memory corpus; `retrieve` is blocking, `search` runs it off the loop."""
 
     name = "bm25"
-    cache_ttl_s = 0.0
-    max_concurrent_calls = 1
 
     def __init__(
         self,
@@ -68,7 +64,7 @@ class Bm25Backend:
         self._data, self._indices, self._indptr = scores["data"], scores["indices"], scores["indptr"]
         self._n_docs = int(scores["num_docs"])
         self._n_terms = len(self._indptr) - 1  # bm25s's vocab also holds an empty token past the last column
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bm25")
+        self._start_worker()
 
     def tokenize(self, text: str) -> list[str]:
         """The index terms of a text, by bm25s.tokenize's rules (lower case, words of 2+ characters, no stop words)."""
@@ -128,14 +124,3 @@ class Bm25Backend:
             order = np.lexsort((matched, -scores[matched]))[:top_k]
             results.append([self._hit(int(matched[i]), float(scores[matched[i]])) for i in order])
         return results
-
-    def _hit(self, doc: int, score: float) -> Hit:
-        p = self.passages[doc]
-        return Hit(id=p.id, title=p.title, text=p.text, score=score, url=p.url)
-
-    async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]:
-        """`retrieve` on this backend's worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.retrieve, queries, top_k)
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)

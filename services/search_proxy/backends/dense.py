@@ -10,16 +10,14 @@ downloaded.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from services.search_proxy.backends import Hit, options_key
+from services.search_proxy.backends import Hit, LocalBackend, options_key
 from services.search_proxy.corpus import Passage
 from services.search_proxy.settings import DenseSettings
 
@@ -47,12 +45,10 @@ def passage_text(passage: Passage) -> str:
     return f"{passage.title}\n{passage.text}" if passage.title else passage.text
 
 
-class DenseBackend:
+class DenseBackend(LocalBackend):
     """Cosine-similarity search over encoder embeddings of the corpus (faiss IndexFlatIP, exact)."""
 
     name = "dense"
-    cache_ttl_s = 0.0
-    max_concurrent_calls = 1
 
     def __init__(
         self,
@@ -80,7 +76,7 @@ class DenseBackend:
         self.embeddings = self._load_or_embed(index_root, fingerprint)  # [N_docs, dim] float32, unit rows
         self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
         self.index.add(self.embeddings)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dense")
+        self._start_worker()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """[len(texts), dim] float32 unit-norm embeddings."""
@@ -131,14 +127,3 @@ class DenseBackend:
     def similarities(self, queries: list[str]) -> np.ndarray:
         """Cosine similarity of every passage to each query, [B, N_docs] float32."""
         return self.encode(queries) @ self.embeddings.T
-
-    def _hit(self, doc: int, score: float) -> Hit:
-        p = self.passages[doc]
-        return Hit(id=p.id, title=p.title, text=p.text, score=score, url=p.url)
-
-    async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]:
-        """`retrieve` on this backend's worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.retrieve, queries, top_k)
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)

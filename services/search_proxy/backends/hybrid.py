@@ -17,12 +17,9 @@ much each retriever counts. Ties are ordered by corpus position. Exact but O(cor
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from services.search_proxy.backends import Hit, options_key
+from services.search_proxy.backends import Hit, LocalBackend, options_key
 from services.search_proxy.backends.bm25 import Bm25Backend
 from services.search_proxy.backends.dense import DenseBackend
 from services.search_proxy.settings import HybridSettings
@@ -63,12 +60,10 @@ def zscore_fusion(
     return [(int(candidates[i]), float(fused[candidates[i]])) for i in order]
 
 
-class HybridBackend:
+class HybridBackend(LocalBackend):
     """A Bm25Backend and a DenseBackend over the same corpus, fused as `options.fusion` says."""
 
     name = "hybrid"
-    cache_ttl_s = 0.0
-    max_concurrent_calls = 1
 
     def __init__(self, bm25: Bm25Backend, dense: DenseBackend, options: HybridSettings) -> None:
         if len(bm25.passages) != len(dense.passages):
@@ -76,7 +71,7 @@ class HybridBackend:
         self.bm25, self.dense, self.options = bm25, dense, options
         self.passages = bm25.passages
         self.cache_key = options_key("hybrid", bm25.cache_key, dense.cache_key, options.model_dump())
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid")
+        self._start_worker()
 
     def retrieve(self, queries: list[str], top_k: int) -> list[list[Hit]]:
         """Top-k passages per query by fused score, best first."""
@@ -99,14 +94,3 @@ class HybridBackend:
             reciprocal_rank_fusion([a, b], [o.bm25_weight, o.dense_weight], o.rrf_k, top_k)
             for a, b in zip(lexical, semantic, strict=True)
         ]
-
-    def _hit(self, doc: int, score: float) -> Hit:
-        p = self.passages[doc]
-        return Hit(id=p.id, title=p.title, text=p.text, score=score, url=p.url)
-
-    async def search(self, queries: list[str], top_k: int) -> list[list[Hit]]:
-        """`retrieve` on this backend's worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.retrieve, queries, top_k)
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)

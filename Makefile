@@ -44,8 +44,9 @@ $(VENV)/bin/python:
 $(STAMP): setup.py Makefile | $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps $(OPENRLHF_PIN)
 	$(PIP) install -q $(OPENRLHF_LIGHT_DEPS)
+	# last, and alone: with --no-deps pip neither installs nor warns about openrlhf's GPU-side pins
+	$(PIP) install -q --no-deps $(OPENRLHF_PIN)
 	touch $(STAMP)
 
 install: $(STAMP)

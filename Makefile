@@ -25,18 +25,18 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export PYTHONPATH := $(CURDIR)
 
 CONFIG ?= configs/demo.yaml
-GPUS ?= 0
-RUN_DIR ?= runs/demo
+GPUS ?=
 SHARED ?= ../shared
 
 .PHONY: help install test lint format demo train search-proxy bench-scorer bench-search bench-retrieval bench-step clean
 
 help:
-	@echo "make demo          IGPO training on CPU with the built-in world (RUN_DIR=$(RUN_DIR))"
+	@echo "make demo          IGPO training on CPU with the built-in world (DATA=wiki: the shipped data; RUN_DIR=...)"
 	@echo "make test          install into .venv and run the whole suite (ruff + pytest)"
-	@echo "make train CONFIG=... GPUS=N   train on this machine (Ray started locally)"
+	@echo "make train CONFIG=... [GPUS=N] train on this machine (Ray started locally)"
 	@echo "make search-proxy  serve the search proxy (SEARCH_CONFIG=configs/search/bm25_wiki.yaml)"
-	@echo "make bench-*       benchmarks in bench/ (see bench/RESULTS.md)"
+	@echo "make bench-*       benchmarks in bench/ (see bench/RESULTS.md; BENCH_ARGS=... passes flags)"
+	@echo "make lint | format | install | clean"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,9 @@ DATA ?= world
 ifeq ($(filter $(DATA),world wiki),)
 $(error DATA=$(DATA): accepted world (the built-in world) or wiki (the shipped data))
 endif
+RUN_DIR_world := runs/demo
+RUN_DIR_wiki := runs/demo_wiki
+RUN_DIR ?= $(RUN_DIR_$(DATA))
 DEMO_MODEL := .cache/demo/model/tiny_model.json
 DEMO_ARGS_world := -c $(CONFIG)
 DEMO_ARGS_wiki := -c configs/demo_wiki.yaml --set 'data.train=[$(SHARED)/data/qa/r1searcher_hotpotqa_500.jsonl]' \
@@ -88,10 +91,10 @@ $(DEMO_MODEL): configs/demo.yaml igpo_rlhf/data/tiny_model.py igpo_rlhf/data/wor
 demo: $(STAMP) $(DEMO_MODEL)
 	$(PY) -m igpo_rlhf.cli train $(DEMO_ARGS_$(DATA)) --set logging.run_dir=$(RUN_DIR) --overwrite
 
-# make train CONFIG=configs/... GPUS=N [TRAIN_ARGS=--resume]: train on this machine with a local Ray that
-# may use N GPUs (GPUS=0: CPU only). On a cluster: ray job submit (see ray_jobs/train.py).
+# make train CONFIG=configs/... [GPUS=N] [TRAIN_ARGS=--resume]: train on this machine with a local Ray that
+# may use N GPUs (GPUS=0: CPU only; unset: every GPU Ray detects). On a cluster: ray job submit (ray_jobs/).
 train: $(STAMP)
-	$(PY) -m igpo_rlhf.cli train -c $(CONFIG) --set resources.num_gpus=$(GPUS) $(TRAIN_ARGS)
+	$(PY) -m igpo_rlhf.cli train -c $(CONFIG) $(if $(GPUS),--set resources.num_gpus=$(GPUS)) $(TRAIN_ARGS)
 
 # Benchmarks: each prints ratios measured side by side in one run; results go to bench/RESULTS.md.
 bench-scorer: $(STAMP)
@@ -105,7 +108,7 @@ bench-retrieval: $(STAMP)
 
 # make bench-step: the tiny demo config with grpo and with igpo side by side (bench/RESULTS.md).
 bench-step: $(STAMP) $(DEMO_MODEL)
-	$(PY) bench/step.py -c configs/demo.yaml
+	$(PY) bench/step.py -c configs/demo.yaml $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs build *.egg-info .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BackendName = Literal["bm25", "dense", "hybrid", "remote", "serper", "bing"]
 # Backends that retrieve from a local corpus file (and so need `corpus`).
@@ -125,6 +125,12 @@ class CacheSettings(_Section):
         description="Age after which a cached web-backend (serper, bing) result is refetched; 0 = never. "
         "Local backends are deterministic and never expire; replay mode ignores the TTL.",
     )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML 1.1 reads an unquoted `off` (in a file or a `--set`) as false: take it as "off"."""
+        return "off" if value is False else value
 
 
 class LimitSettings(_Section):

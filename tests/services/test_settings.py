@@ -67,6 +67,15 @@ def test_bad_values_name_the_key(data, expected):
     assert str(info.value).startswith("x.yaml:")
 
 
+def test_unquoted_yaml_off_is_the_off_cache_mode(tmp_path: Path):
+    """YAML 1.1 reads `mode: off` as false; the setting takes it as "off", and true stays an error."""
+    path = tmp_path / "s.yaml"
+    path.write_text("cache:\n  mode: off\n")
+    assert load_settings(path).cache.mode == "off"
+    with pytest.raises(ValueError, match="cache.mode: Input should be 'off', 'read_write' or 'replay'"):
+        settings_from_dict({"cache": {"mode": True}}, source="x.yaml")
+
+
 def test_bad_files_name_the_file(tmp_path: Path):
     with pytest.raises(ValueError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")

@@ -3,6 +3,12 @@
 import os
 from pathlib import Path
 
+from hypothesis import settings
+
+# No per-example deadline: the suite shares 2 cores with Ray actors and servers, and a slow example is not a bug.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

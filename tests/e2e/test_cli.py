@@ -36,9 +36,9 @@ def test_unknown_key_and_bad_value(tmp_path, capsys):
     cfg = write(tmp_path / "c.yaml", "algorithm:\n  estimatr: igpo\n")
     code, err = run(capsys, "-c", str(cfg))
     assert code == 2 and "algorithm.estimatr: unknown key" in err and "estimator" in err
-    code, err = run(capsys, "-c", str(cfg), "--set", "algorithm.estimatr=1")
-    assert code == 2
     good = write(tmp_path / "g.yaml", "train:\n  steps: 2\n")
+    code, err = run(capsys, "-c", str(good), "--set", "algorithm.estimatr=1")  # the same key from --set
+    assert code == 2 and "algorithm.estimatr: unknown key" in err
     code, err = run(capsys, "-c", str(good), "--set", "train.lr=-1")
     assert code == 2 and "train.lr" in err and "greater than 0" in err
     code, err = run(capsys, "-c", str(tmp_path / "missing.yaml"))

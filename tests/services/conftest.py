@@ -112,6 +112,16 @@ def serve(app: Any, *, wait_ready: bool = True, timeout: float = 120.0) -> Itera
         server.stop()
 
 
+def settled_health(url: str, timeout: float = 60.0) -> httpx.Response:
+    """GET /healthz until the backend is no longer loading (or `timeout` seconds pass); the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(f"{url}/healthz")
+        if health.json()["status"] != "loading" or time.monotonic() > deadline:
+            return health
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     """A port nothing listens on right now (for 'upstream is down' tests)."""
     with socket.socket() as sock:

@@ -18,7 +18,7 @@ from services.search_proxy.backends.bm25 import Bm25Backend
 from services.search_proxy.cache import CACHE_FILE
 from services.search_proxy.corpus import read_corpus
 from services.search_proxy.settings import Bm25Settings, ProxySettings
-from tests.services.conftest import metric, serve, write_corpus
+from tests.services.conftest import metric, serve, settled_health, write_corpus
 
 
 def _settings(corpus: Path, cache_dir: Path, **overrides) -> ProxySettings:
@@ -174,6 +174,10 @@ def test_metrics_count_what_happened(proxy):
     assert metric(url, "search_proxy_requests_total", endpoint="/retrieve", status="200") == 1
     assert metric(url, "search_proxy_batch_queries_count", backend="bm25") == 1  # one backend call
     assert metric(url, "search_proxy_batch_queries_sum", backend="bm25") == 2  # for the 2 distinct queries
+    # latency histograms: one observation per request (3), one per backend call (1)
+    assert metric(url, "search_proxy_request_seconds_count", endpoint="/search") == 2
+    assert metric(url, "search_proxy_request_seconds_count", endpoint="/retrieve") == 1
+    assert metric(url, "search_proxy_backend_seconds_count", backend="bm25") == 1
 
 
 def test_healthz_and_docs(proxy):
@@ -258,10 +262,7 @@ def test_a_corpus_that_fails_to_load_is_reported(tmp_path: Path):
     failures: list[BaseException] = []
     app = create_app(_settings(corpus, tmp_path / "cache"), on_fatal=failures.append)
     with serve(app, wait_ready=False) as server:
-        for _ in range(500):
-            health = httpx.get(f"{server.url}/healthz")
-            if health.json()["status"] != "loading":
-                break
+        health = settled_health(server.url)
         assert health.status_code == 503 and health.json()["status"] == "failed"
         assert f"{corpus}:11: not valid JSON" in health.json()["error"]
         refused = httpx.post(f"{server.url}/search", json={"queries": ["a"]})

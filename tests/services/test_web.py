@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from services.search_proxy.app import create_app
 from services.search_proxy.cache import CACHE_FILE
 from services.search_proxy.settings import ProxySettings
-from tests.services.conftest import serve
+from tests.services.conftest import serve, settled_health
 from tests.services.fakes import fake_bing, fake_serper
 
 KEY = "key-0123456789-never-logged"
@@ -145,10 +144,6 @@ def test_a_missing_key_fails_the_load_with_the_variable_name(tmp_path: Path, mon
     monkeypatch.delenv("TEST_WEB_KEY", raising=False)
     app = create_app(_settings("serper", "http://127.0.0.1:9/search", tmp_path))
     with serve(app, wait_ready=False) as proxy:
-        for _ in range(500):
-            health = httpx.get(f"{proxy.url}/healthz").json()
-            if health["status"] != "loading":
-                break
-            time.sleep(0.01)
+        health = settled_health(proxy.url).json()
         assert health["status"] == "failed"
         assert "needs an API key in the environment variable TEST_WEB_KEY" in health["error"]

@@ -3,8 +3,10 @@ with gloo, DeepSpeed critic), the real search proxy on loopback, a tiny warm-sta
 
 Each estimator trains two steps; the tests then read what the run left (metrics.jsonl, TensorBoard,
 rollouts, checkpoints) and query the still-running actors. Expected rewards and advantages are recomputed
-here from the saved beliefs and answers with the formulas written out (DESIGN.md), and the sampled
-tokens are re-generated in this process with the same weights and seed.
+here from the saved beliefs and answers with the formulas written out (DESIGN.md); step 1's beliefs are
+recomputed by plain forwards of the initial model, PPO's step-1 advantages by GAE by hand, the logged
+metrics by recounting the rollouts; the sampled tokens are re-generated in this process with the same
+weights and seed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -36,6 +40,7 @@ from igpo_rlhf.rollout.trajectory import PromptItem
 from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy
 from tests.e2e.conftest import ROOT, e2e_config
+from tests.scoring.naive import naive_belief
 
 pytestmark = pytest.mark.slow
 EPS = 1e-6
@@ -75,6 +80,59 @@ def joint_pools(rows, members):
     return [[(i, t) for i in members for t in range(len(rows[i]["turn_rewards"]))]]
 
 
+def squad_normalise(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation dropped, articles a/an/the dropped, one space."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def written_answer(row: dict) -> str | None:
+    """The text inside the last <answer>...</answer> of the last turn, None unless the rollout answered."""
+    if row["finish_reason"] != "answer":
+        return None
+    return re.findall(r"<answer>(.*?)</answer>", row["turn_texts"][-1], flags=re.S)[-1].strip()
+
+
+def assert_rollout_metrics(m: dict, rows: list[dict]) -> None:
+    """The step's reward and rollout metrics, recounted here per trajectory from its rollouts file."""
+    n = len(rows)
+    assert m["rollout/trajectories"] == n
+    turns, searches, action_tokens, obs_tokens, answers = [], [], [], [], []
+    for r in rows:
+        turns.append(len(r["turn_spans"]))
+        assert len(r["actions"]) == turns[-1]
+        # a search whose results were appended is a turn followed by an observation
+        searched = [t for t in range(turns[-1] - 1) if "<search>" in r["turn_texts"][t]]
+        assert searched == list(range(len(r["obs_spans"])))
+        assert all(r["actions"][t]["kind"] == "search" for t in searched)
+        searches.append(len(searched))
+        assert r["n_searches"] == searches[-1]
+        action_tokens.append(sum(b - a for a, b in r["turn_spans"]))
+        obs_tokens.append(len(r["token_ids"]) - r["prompt_len"] - action_tokens[-1])  # what is neither
+        answers.append(written_answer(r))
+        assert r["answer"] == answers[-1]
+    em = [
+        0.0 if a is None else float(any(squad_normalise(a) == squad_normalise(g) for g in r["golds"]))
+        for a, r in zip(answers, rows, strict=True)
+    ]
+    f1 = [0.0 if a is None else f1_score(a, r["golds"]) for a, r in zip(answers, rows, strict=True)]
+    want = {
+        "rollout/turns": sum(turns) / n,
+        "rollout/searches": sum(searches) / n,
+        "rollout/searched_frac": sum(s > 0 for s in searches) / n,
+        "rollout/response_tokens": sum(action_tokens) / n,
+        "rollout/observation_tokens": sum(obs_tokens) / n,
+        "rollout/total_tokens": sum(len(r["token_ids"]) for r in rows) / n,
+        "reward/format_fail": sum(a is None for a in answers) / n,
+        "reward/em": sum(em) / n,
+        "reward/f1": sum(f1) / n,
+        "reward/outcome": sum(-2.0 if a is None else f for a, f in zip(answers, f1, strict=True)) / n,
+    }
+    for reason in ("answer", "invalid", "max_turns", "max_length", "eos"):
+        want[f"rollout/finish_{reason}"] = sum(r["finish_reason"] == reason for r in rows) / n
+    assert {k: m[k] for k in want} == pytest.approx(want, abs=1e-9)
+
+
 # ------------------------------------------------------------------------------------------- IGPO
 @pytest.fixture(scope="module")
 def igpo(tiny, proxy, local_ray, tmp_path_factory):
@@ -97,6 +155,7 @@ def test_igpo_two_steps_leave_metrics_rollouts_and_checkpoints(igpo):
                     "time/checkpoint"):  # fmt: skip
             assert key in m, key
         assert m["rollout/trajectories"] == 8  # 2 prompts x n = 4
+        assert_rollout_metrics(m, read_jsonl(run / "rollouts" / f"step_{m['step']:05d}.jsonl"))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00001", "step_00002"]
     assert (run / "checkpoints" / "step_00002" / "policy" / "ds").is_dir()
     assert {p.name for p in (run / "rollouts").iterdir()} == {"step_00001.jsonl", "step_00002.jsonl"}
@@ -133,16 +192,61 @@ def test_igpo_rewards_and_advantages_match_the_formulas(igpo):
     assert n_ig > 0, "no rollout searched: the IG path was not exercised"
 
 
-def test_malformed_outputs_get_the_format_penalty_and_still_train(igpo):
+def test_step_1_beliefs_are_the_initial_models_answer_log_probs(igpo, tiny):
+    """The beliefs the rewards above are built from: step 1 was scored with the initial weights, so each
+    log b_{i,t} is, by one plain forward of the initial model over c_{i,t} + probe + alias, the mean
+    log-prob of the alias's tokens, best alias (DESIGN.md "Belief"). The probe and alias ids are spelled
+    out here as the policy writes an answer: `<answer>` (one added token), then " " + alias."""
     cfg, _, _ = igpo
-    rows = [
-        r for s in (1, 2) for r in read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / f"step_{s:05d}.jsonl")
-    ]
-    bad = [r for r in rows if r["finish_reason"] in ("invalid", "eos", "max_turns", "max_length")]
-    assert bad, "the tiny model produced no malformed trajectory in two steps"
-    for r in bad:
-        assert r["answer"] is None and r["outcome_reward"] == -2.0 and r["turn_rewards"][-1] == -2.0
-    assert any(r["finish_reason"] == "invalid" for r in bad)
+    _, model_dir = tiny
+    assert (cfg.algorithm.answer_probe, cfg.algorithm.alias_reduce) == ("<answer>", "max")
+    rows = read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / "step_00001.jsonl")
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    probe = [tokenizer.convert_tokens_to_ids("<answer>")]
+    assert probe != [tokenizer.unk_token_id]
+    n_aliases = 0
+    for row in rows:
+        # c_{i,0} is the prompt, c_{i,t} ends with observation t
+        assert row["belief_points"] == [row["prompt_len"]] + [end for _, end in row["obs_spans"]]
+        assert row["prompt_len"] == row["turn_spans"][0][0]
+        aliases = []
+        for gold in row["golds"]:
+            written = tokenizer.encode(f"<answer> {gold}", add_special_tokens=False)
+            assert written[:1] == probe and len(written) > 1
+            aliases.append(written[1:])
+        n_aliases = max(n_aliases, len({tuple(a) for a in aliases}))
+        want = [
+            max(naive_belief(model, row["token_ids"], p, probe, alias) for alias in aliases)
+            for p in row["belief_points"]
+        ]
+        assert row["beliefs"] == pytest.approx(want, abs=1e-4, rel=0)
+    assert n_aliases > 1, "no question with two gold aliases: the max over aliases was not exercised"
+    assert any(len(row["belief_points"]) > 1 for row in rows), "no belief after an observation"
+
+
+def test_malformed_outputs_get_the_format_penalty_and_still_train(igpo, tiny):
+    """Every step held malformed trajectories; they are trained on (their action tokens are in the update,
+    with a non-zero advantage), the loss stays finite, and the policy's weights moved."""
+    cfg, trainer, history = igpo
+    _, model_dir = tiny
+    reasons = set()
+    for step, m in zip((1, 2), history, strict=True):
+        rows = read_jsonl(Path(cfg.logging.run_dir) / "rollouts" / f"step_{step:05d}.jsonl")
+        bad = [r for r in rows if r["finish_reason"] in ("invalid", "eos", "max_turns", "max_length")]
+        assert bad, f"the tiny model produced no malformed trajectory at step {step}"
+        reasons |= {r["finish_reason"] for r in bad}
+        for r in bad:
+            assert r["answer"] is None and r["outcome_reward"] == -2.0 and r["turn_rewards"][-1] == -2.0
+        assert any(a != 0.0 for r in bad for a in r["turn_advantages"])
+        # the update covered every generated token of the step, the malformed rollouts' included
+        assert m["policy/action_tokens"] == sum(b - a for r in rows for a, b in r["turn_spans"])
+        assert math.isfinite(m["policy/loss"]) and math.isfinite(m["policy/grad_norm"])
+        assert m["policy/grad_norm"] > 0
+    assert "invalid" in reasons
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    trained = ray.get(trainer.policy.call_async("state_dict_for_sync")[0])
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
 
 
 def test_rollouts_are_the_sampled_tokens(igpo, tiny, proxy):
@@ -231,9 +335,9 @@ def test_policy_weights_change_and_reach_the_rollout_and_scorer_actors(igpo, tin
 # ------------------------------------------------------------------------------------- resume
 def test_killed_run_resumes_step_for_step(igpo, tiny, proxy, local_ray, tmp_path):
     """A run SIGKILLed during step 2 (after its step-1 checkpoint) and resumed with --resume produces the
-    same step 2 as the uninterrupted IGPO run: same prompts, same sampled tokens, same metrics."""
-    cfg_full, trainer_full, history = igpo
-    trainer_full.close()  # free the cluster's CPUs for the killed run's actors
+    same step 2 as the uninterrupted IGPO run: same prompts, same sampled tokens, same metrics. The IGPO run's
+    actors stay up (other tests query them, in any order); the cluster holds them and one more run's."""
+    cfg_full, _, history = igpo
     run_dir = tmp_path / "killed"
     sets = [f"logging.run_dir={run_dir}", f"search.url={proxy.url}", f"resources.ray_address={local_ray}"]
     cfg = e2e_config(tiny, run_dir, *sets)
@@ -255,8 +359,11 @@ def test_killed_run_resumes_step_for_step(igpo, tiny, proxy, local_ray, tmp_path
         "step_00001"
     ]
 
-    resumed, resumed_history = start_run(cfg, proxy.url, resume=True)
-    resumed.close()
+    resumed = Trainer(cfg, prompts_of(cfg), proxy.url, resume=True)
+    try:
+        resumed_history = resumed.run()
+    finally:
+        resumed.close()
     assert [m["step"] for m in read_jsonl(metrics)] == [1, 2]
     full_rows = read_jsonl(Path(cfg_full.logging.run_dir) / "rollouts" / "step_00002.jsonl")
     rows = read_jsonl(run_dir / "rollouts" / "step_00002.jsonl")
@@ -319,17 +426,45 @@ def test_grpo_two_steps_and_a_proxy_that_dies_between_them(tiny, local_ray, tmp_
 
 
 def test_ppo_two_steps_train_the_critic(tiny, proxy, local_ray, tmp_path):
+    """PPO = GAE over the action tokens with a critic (DESIGN.md). The critic's value head is a zero-initialised
+    linear layer without bias, so at step 1 every value is exactly 0 and GAE (γ = 1, λ = 0.95, the outcome r
+    as the reward of the last action token, observation tokens skipped) is by hand A_k = (γλ)^(K-1-k) · r on
+    the k-th of a rollout's K action tokens; the critic's step-1 loss is then ½ A² averaged over them."""
     cfg = e2e_config(tiny, tmp_path / "ppo", "algorithm.estimator=ppo")
-    trainer, history = start_run(cfg, proxy.url)
+    trainer = Trainer(cfg, prompts_of(cfg), proxy.url)
     try:
+        history = trainer.run()
         seq = read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00002.jsonl")[0]["token_ids"]
         [values] = ray.get(trainer.critic.actors[0].values.remote([seq]))
     finally:
         trainer.close()
     assert values.shape == (len(seq),) and values[0] == 0.0
     assert values[1:].abs().max() > 0  # the fresh value head outputs exactly 0; two updates moved it
-    for m in history:
+    for step, m in zip((1, 2), history, strict=True):
         assert {"critic/value_loss", "critic/grad_norm", "policy/kl"} <= m.keys()
+        assert_rollout_metrics(m, read_jsonl(tmp_path / "ppo" / "rollouts" / f"step_{step:05d}.jsonl"))
     assert (tmp_path / "ppo" / "checkpoints" / "step_00002" / "critic" / "ds").is_dir()
-    rows = read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00001.jsonl")
-    assert all(len(r["turn_advantages"]) == len(r["turn_spans"]) for r in rows)
+
+    gamma, lam = cfg.algorithm.gae_gamma, cfg.algorithm.gae_lambda
+    assert (gamma, lam) == (1.0, 0.95)
+    m = history[0]
+    assert m["critic/value_mean"] == 0.0  # the values the critic's step-1 update started from
+    token_advs = []
+    for r in read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00001.jsonl"):
+        answer = written_answer(r)
+        reward = -2.0 if answer is None else f1_score(answer, r["golds"])
+        assert r["outcome_reward"] == reward and r["turn_rewards"] == [reward]
+        K = sum(b - a for a, b in r["turn_spans"])
+        adv = [(gamma * lam) ** (K - 1 - k) * reward for k in range(K)]  # action tokens in order
+        per_turn, k = [], 0
+        for a, b in r["turn_spans"]:  # the rollouts file keeps each turn's mean token advantage
+            per_turn.append(sum(adv[k : k + b - a]) / (b - a))
+            k += b - a
+        assert r["turn_advantages"] == pytest.approx(per_turn, rel=1e-5, abs=1e-6)
+        token_advs += adv
+    n = len(token_advs)
+    mean = sum(token_advs) / n
+    assert m["adv/mean"] == pytest.approx(mean, rel=1e-5)
+    assert m["adv/std"] == pytest.approx(math.sqrt(sum((a - mean) ** 2 for a in token_advs) / n), rel=1e-5)
+    assert (m["adv/min"], m["adv/max"]) == pytest.approx((min(token_advs), max(token_advs)), rel=1e-5)
+    assert m["critic/value_loss"] == pytest.approx(sum(0.5 * a * a for a in token_advs) / n, rel=1e-5)

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
-import torch
 
 from igpo_rlhf.config import Config, load_config
 from igpo_rlhf.data.tiny_model import main as make_tiny_model
@@ -43,22 +41,6 @@ def proxy(tiny, tmp_path_factory):
                              f"search.proxy.cache.dir={tmp_path_factory.mktemp('search-cache')}"])  # fmt: skip
     with start_proxy(cfg.search.proxy, port=0) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray per module (2 logical CPUs; every e2e role asks for a fraction of one)."""
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-    )
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the driver's own tensor work is tiny; two threads fight the actors on 2 cores
-    yield ray.get_runtime_context().gcs_address
-    torch.set_num_threads(before)
-    ray.shutdown()
 
 
 def e2e_config(tiny: tuple[Path, Path], run_dir: Path, *overrides: str) -> Config:

@@ -28,7 +28,6 @@ from igpo_rlhf.ray.placement import place_roles, release
 from igpo_rlhf.ray.policy import PolicyActor
 from igpo_rlhf.ray.reference import ReferenceActor
 
-ROOT = Path(__file__).resolve().parents[2]
 LR = 1e-3
 VOCAB = 48
 
@@ -42,17 +41,6 @@ def model_dir(tmp_path_factory) -> Path:
                          tie_word_embeddings=True)  # fmt: skip
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    ray.shutdown()
 
 
 def config(model_dir: Path, *overrides: str):

@@ -5,7 +5,6 @@ after a weight push, and a push changes what is generated."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import ray
@@ -23,7 +22,6 @@ from services.search_proxy.launch import start_proxy
 from services.search_proxy.settings import ProxySettings
 from tests.rollout.tiny import save_tiny
 
-ROOT = Path(__file__).resolve().parents[2]
 CORPUS = [
     {"id": "p1", "title": "Paris", "text": "Paris is the capital of France."},
     {"id": "p2", "title": "Rome", "text": "Rome is the capital of Italy."},
@@ -64,18 +62,6 @@ def proxy(tmp_path_factory):
     settings = ProxySettings(backend="bm25", corpus=corpus, port=0, cache={"dir": root, "mode": "off"})
     with start_proxy(settings, port=0) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}},
-    )
-    yield
-    ray.shutdown()
 
 
 def _in_process(model_dir, state_dict, url, step, group_offset=0):

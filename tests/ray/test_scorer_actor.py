@@ -1,8 +1,6 @@
 """BeliefScorerActor on a real local Ray (CPU): it scores as the in-process scorer does, and after new weights
 arrive through the object store it scores exactly as the updated model does."""
 
-from pathlib import Path
-
 import pytest
 import ray
 import torch
@@ -13,26 +11,12 @@ from igpo_rlhf.scoring import ScoreResult, score_trajectories
 from tests.scoring.test_scorer import PROBE, make_batch
 from tests.scoring.tiny_models import tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("scorer_model")
     tiny_model("qwen2").save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}},
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

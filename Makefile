@@ -85,7 +85,7 @@ DEMO_ARGS_world := -c $(CONFIG)
 DEMO_ARGS_wiki := -c configs/demo_wiki.yaml --set 'data.train=[$(SHARED)/data/qa/r1searcher_hotpotqa_500.jsonl]' \
 	--set search.proxy.corpus=$(SHARED)/data/corpus/wiki_passages.jsonl.gz
 
-$(DEMO_MODEL): configs/demo.yaml igpo_rlhf/data/tiny_model.py igpo_rlhf/data/world.py igpo_rlhf/data/demos.py | $(STAMP)
+$(DEMO_MODEL): configs/demo.yaml igpo_rlhf/world/tiny_model.py igpo_rlhf/world/world.py igpo_rlhf/world/demos.py | $(STAMP)
 	$(PY) -m igpo_rlhf.cli make-tiny-model $(dir $(DEMO_MODEL)) -c configs/demo.yaml
 
 demo: $(STAMP) $(DEMO_MODEL)

@@ -16,8 +16,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("igpo_rlhf.ray.train", "train a policy with IGPO, GRPO or PPO from a config file"),
-    "make-tiny-model": ("igpo_rlhf.data.tiny_model", "build the tiny warm-started demo model"),
-    "build-world": ("igpo_rlhf.data.world", "render the built-in fictional world (corpus + QA)"),
+    "make-tiny-model": ("igpo_rlhf.world.tiny_model", "build the tiny warm-started demo model"),
+    "build-world": ("igpo_rlhf.world.world", "render the built-in fictional world (corpus + QA)"),
     "config": ("igpo_rlhf.config", "print a resolved config, or every field with its help (--schema)"),
 }
 

@@ -1,11 +1,5 @@
-"""Datasets, the embedded demo world and the tiny demo model.
+"""Question datasets: QA files (DeepResearcher / Search-R1 parquet, R1-Searcher / FlashRAG / our jsonl,
+`world:` splits) → `PromptItem`s, and `PromptSampler`, the trainer's resumable, seeded prompt order.
 
-- `datasets`: QA files (DeepResearcher / Search-R1 parquet, R1-Searcher / FlashRAG / our jsonl, `world:`
-  splits) → `PromptItem`s; `PromptSampler`, the trainer's resumable, seeded prompt order.
-- `world`: the seeded fictional knowledge base, its passage corpus and 1-3 hop questions
-  (`igpo build-world`); `demos`: demonstration trajectories over it.
-- `tiny_model`: `igpo make-tiny-model`, the warm-started small Qwen2 agent; `model_check`: how it
-  behaves (searches, answers, F1, belief movement) through the real proxy and rollout loop.
-
-Nothing is imported here: `igpo build-world` needs only `world` and starts without torch.
+Nothing is imported here, so importing one module does not pull in the others' dependencies.
 """

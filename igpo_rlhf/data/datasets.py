@@ -17,7 +17,7 @@ Formats (`data.format`, or `auto`: detected per file from its extension and colu
   `answers` is a non-empty list of aliases (a single string is one alias); every other key is kept in
   `PromptItem.meta`.
 - `world:train`, `world:test`: the built-in world's splits (ours format), from `data.world.dir`; the world
-  is rendered there first when missing (`igpo_rlhf.data.world`).
+  is rendered there first when missing (`igpo_rlhf.world.world`).
 
 When a verl row's prompt is a whole instruction template ("... Question: <q>\\n", as Search-R1 writes
 them), the question is the text after its last "Question:"; the template comes from our config instead.
@@ -220,7 +220,7 @@ def load_questions(
 
 
 def _world_split(entry: str, world_dir: str | Path | None, world: WorldConfig | None) -> Path:
-    from igpo_rlhf.data.world import build_world, world_is_built
+    from igpo_rlhf.world.world import build_world, world_is_built
 
     if entry not in WORLD_SPLITS:
         raise ValueError(f"dataset {entry!r} is not a world split; accepted: {', '.join(WORLD_SPLITS)}")

@@ -14,7 +14,7 @@ from torch import nn
 
 from igpo_rlhf.algo import value_loss
 from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
-from igpo_rlhf.ray.logprobs import length_batches, pad_right
+from igpo_rlhf.training.logprobs import length_batches, pad_right
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config, ModelConfig

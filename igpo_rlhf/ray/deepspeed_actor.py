@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from igpo_rlhf.ray.batch import MiniBatch, loss_weight, micro_batches, pad_experiences
 from igpo_rlhf.ray.group import DistributedActor
+from igpo_rlhf.training.batch import MiniBatch, loss_weight, micro_batches, pad_experiences
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import TrainConfig

@@ -19,7 +19,7 @@ import torch
 
 from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
 from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
-from igpo_rlhf.ray.logprobs import token_entropy, token_log_probs
+from igpo_rlhf.training.logprobs import token_entropy, token_log_probs
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config, ModelConfig

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from igpo_rlhf.ray.deepspeed_actor import training_device
-from igpo_rlhf.ray.logprobs import length_batches, pad_right, token_log_probs
 from igpo_rlhf.ray.policy import load_causal_lm
+from igpo_rlhf.training.logprobs import length_batches, pad_right, token_log_probs
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config

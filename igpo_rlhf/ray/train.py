@@ -52,8 +52,8 @@ def prepare(cfg: Config, *, resume: bool = False) -> list[PromptItem]:
     bad row is a ValueError naming file and row). `world:` entries render the built-in world first,
     before the proxy serves its corpus."""
     from igpo_rlhf.data.datasets import load_questions
-    from igpo_rlhf.ray.checkpoint import CheckpointManager
     from igpo_rlhf.ray.trainer import check_run_config
+    from igpo_rlhf.training.checkpoint import CheckpointManager
 
     check_run_config(cfg)
     checkpoints = CheckpointManager(cfg.logging.run_dir, cfg.checkpoint.keep_last)

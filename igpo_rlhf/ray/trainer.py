@@ -24,31 +24,31 @@ import ray
 import torch
 
 from igpo_rlhf.config import Config, ConfigError, dump_config
-from igpo_rlhf.ray.batch import Experience, grad_accum_steps, per_rank_minibatch_size, split_for_update
-from igpo_rlhf.ray.checkpoint import (
+from igpo_rlhf.ray.critic import CriticActor
+from igpo_rlhf.ray.generators import HFRollouts, VLLMRollouts
+from igpo_rlhf.ray.group import ActorGroup
+from igpo_rlhf.ray.placement import RolePlacement, place_roles, release
+from igpo_rlhf.ray.policy import PolicyActor
+from igpo_rlhf.ray.reference import ReferenceActor
+from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
+from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids
+from igpo_rlhf.training.batch import Experience, grad_accum_steps, per_rank_minibatch_size, split_for_update
+from igpo_rlhf.training.checkpoint import (
     CheckpointManager,
     capture_rng,
     load_trainer_state,
     restore_rng,
     save_trainer_state,
 )
-from igpo_rlhf.ray.critic import CriticActor
-from igpo_rlhf.ray.experience import (
+from igpo_rlhf.training.experience import (
     ppo_advantages,
     score_outcomes,
     token_advantage_rows,
     turn_level_advantages,
     turn_rewards,
 )
-from igpo_rlhf.ray.generators import HFRollouts, VLLMRollouts
-from igpo_rlhf.ray.group import ActorGroup
-from igpo_rlhf.ray.logprobs import length_batches
-from igpo_rlhf.ray.metrics import MetricsLogger
-from igpo_rlhf.ray.placement import RolePlacement, place_roles, release
-from igpo_rlhf.ray.policy import PolicyActor
-from igpo_rlhf.ray.probe import alias_token_ids, probe_token_ids
-from igpo_rlhf.ray.reference import ReferenceActor
-from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
+from igpo_rlhf.training.logprobs import length_batches
+from igpo_rlhf.training.metrics import MetricsLogger
 
 
 def check_run_config(cfg: Config) -> None:

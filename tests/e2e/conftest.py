@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from igpo_rlhf.config import Config, load_config
-from igpo_rlhf.data.tiny_model import main as make_tiny_model
+from igpo_rlhf.world.tiny_model import main as make_tiny_model
 from services.search_proxy.launch import start_proxy
 
 ROOT = Path(__file__).resolve().parents[2]

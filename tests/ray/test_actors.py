@@ -21,12 +21,12 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
 from igpo_rlhf.config import load_config
-from igpo_rlhf.ray.batch import Experience, pad_experiences, split_for_update
 from igpo_rlhf.ray.critic import CriticActor
 from igpo_rlhf.ray.group import ActorGroup
 from igpo_rlhf.ray.placement import place_roles, release
 from igpo_rlhf.ray.policy import PolicyActor
 from igpo_rlhf.ray.reference import ReferenceActor
+from igpo_rlhf.training.batch import Experience, pad_experiences, split_for_update
 
 LR = 1e-3
 VOCAB = 48

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from igpo_rlhf.data.world import RELATIONS, Fact, Question, World, fact_passage_ids
+from igpo_rlhf.world.world import RELATIONS, Fact, Question, World, fact_passage_ids
 
 if TYPE_CHECKING:
     from igpo_rlhf.rollout.protocols import AgentProtocol

@@ -8,7 +8,7 @@ linked by relations (born in, works for, married to, founded by, based in, city 
   name the right entity and the right relation;
 - 1- to `max_hops`-hop questions with their gold answers (and aliases where natural: "Republic of
   Velmar" / "Velmar"), split into disjoint train / test / demo question sets;
-- demonstration trajectories for the demo questions (`igpo_rlhf.data.demos`).
+- demonstration trajectories for the demo questions (`igpo_rlhf.world.demos`).
 
     igpo build-world runs/world [--seed 0] [-c CONFIG] [--set data.world.n_people=200]
 
@@ -424,7 +424,7 @@ def build_world(
     Demonstration searches keep the top `search_top_k` passages of the proxy's BM25 backend with `bm25`
     settings: pass rollout.search_top_k and search.proxy.bm25, so the demonstrated observations are the
     ones the rollouts will see."""
-    from igpo_rlhf.data.demos import make_demos
+    from igpo_rlhf.world.demos import make_demos
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

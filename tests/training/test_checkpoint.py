@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from igpo_rlhf.ray.checkpoint import (
+from igpo_rlhf.training.checkpoint import (
     CheckpointManager,
     capture_rng,
     load_trainer_state,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from openrlhf.utils.seqlen_balancing import get_seqlen_balanced_partitions
 
-from igpo_rlhf.ray.logprobs import pad_right
+from igpo_rlhf.training.logprobs import pad_right
 
 AGG_UNITS = {"token_mean": "tokens", "seq_mean": "sequences"}
 

@@ -6,7 +6,7 @@
    (`<think>`, `<search>`, `<answer>`, `<information>`, ... and their closing tags) are added tokens, one
    id each, not special (decoding keeps them); `<|endoftext|>` is EOS and pad.
 2. A small Qwen2-architecture causal LM built from a config (no download), seeded.
-3. A short supervised pass on the demonstrations (`igpo_rlhf.data.demos`): the loss covers only the
+3. A short supervised pass on the demonstrations (`igpo_rlhf.world.demos`): the loss covers only the
    tokens the policy generates (thinking, search calls, the answer), never the prompt or observations,
    which are tokenised on their own exactly as the rollout loop appends them.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from igpo_rlhf.data.demos import demo_token_segments, render_demo
+from igpo_rlhf.world.demos import demo_token_segments, render_demo
 
 EOS = "<|endoftext|>"
 # Protocol tags that must be single tokens, by protocol. Only search_r1: the tiny model has no chat
@@ -288,7 +288,7 @@ def make_tiny_model(out: str | Path, world_dir: str | Path, cfg, opts: TinyModel
 def main(argv: list[str] | None = None) -> int:
     """`igpo make-tiny-model OUT`: tokenizer + small Qwen2 model warm-started on the world's demonstrations."""
     from igpo_rlhf.config import ConfigError, load_config
-    from igpo_rlhf.data.world import build_world, world_is_built
+    from igpo_rlhf.world.world import build_world, world_is_built
 
     defaults = TinyModelOptions()
     ap = argparse.ArgumentParser(prog="igpo make-tiny-model", description=main.__doc__)

@@ -1,7 +1,7 @@
 """The tiny demo model: tokenizer reload, loss mask of the warm start, save/reload, sampled searches.
 
 A reduced world and a very short warm start keep this fast; the full-size quality figures are measured
-by `python -m igpo_rlhf.data.model_check` (see the data engineer's report / bench notes).
+by `python -m igpo_rlhf.world.model_check` (see the data engineer's report / bench notes).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from igpo_rlhf.config import load_config
-from igpo_rlhf.data.demos import render_demo
-from igpo_rlhf.data.tiny_model import PROTOCOL_TAGS, encode_demo, main, train_tokenizer
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.world.demos import render_demo
+from igpo_rlhf.world.tiny_model import PROTOCOL_TAGS, encode_demo, main, train_tokenizer
 
 SETS = [
     "data.world.seed=3",

@@ -11,7 +11,7 @@ here), `run_rollouts` with the CPU `HFEngine` at the config's sampling settings 
   (log b_{i,0}) and after each observation that shows the gold answer. IG is a useful signal only if the
   latter is higher on average.
 
-    python -m igpo_rlhf.data.model_check MODEL_DIR [--world runs/world] [-n 64] [-c CONFIG]
+    python -m igpo_rlhf.world.model_check MODEL_DIR [--world runs/world] [-n 64] [-c CONFIG]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
     """Beliefs along good trajectories (the demonstration recipe) for the first `n` test questions:
     log b at the prompt alone and after each observation. The last observation holds the answer, so a
     model that reads it should put more probability on the gold there than at the prompt."""
-    from igpo_rlhf.data.demos import BM25Search, demo_steps, demo_token_segments
-    from igpo_rlhf.data.world import all_questions, fact_passage_ids, generate_world
+    from igpo_rlhf.world.demos import BM25Search, demo_steps, demo_token_segments
+    from igpo_rlhf.world.world import all_questions, fact_passage_ids, generate_world
 
     world_dir = Path(world_dir)
     settings = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))["settings"]
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     """Roll out a tiny model on the world's test questions; print format, F1 and belief figures."""
     from igpo_rlhf.config import ConfigError, load_config
 
-    ap = argparse.ArgumentParser(prog="python -m igpo_rlhf.data.model_check", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m igpo_rlhf.world.model_check", description=main.__doc__)
     ap.add_argument("model", help="model directory (make-tiny-model output)")
     ap.add_argument("--world", default=None, help="world directory (default: data.world.dir)")
     ap.add_argument("-n", type=int, default=64, help="rollouts (test questions drawn with replacement)")

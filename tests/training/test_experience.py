@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from igpo_rlhf.config import AlgorithmConfig
-from igpo_rlhf.ray.experience import (
+from igpo_rlhf.rollout.protocols import Action
+from igpo_rlhf.rollout.trajectory import Trajectory
+from igpo_rlhf.training.experience import (
     ppo_advantages,
     score_outcomes,
     token_advantage_rows,
     turn_level_advantages,
     turn_rewards,
 )
-from igpo_rlhf.rollout.protocols import Action
-from igpo_rlhf.rollout.trajectory import Trajectory
 
 EPS = 1e-6
 

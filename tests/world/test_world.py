@@ -14,9 +14,9 @@ import bm25s
 import pytest
 
 from igpo_rlhf.config import RolloutConfig, WorldConfig
-from igpo_rlhf.data.demos import render_demo
-from igpo_rlhf.data.world import build_world, main, world_is_built
 from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.world.demos import render_demo
+from igpo_rlhf.world.world import build_world, main, world_is_built
 from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy
 from services.search_proxy.settings import CacheSettings, ProxySettings

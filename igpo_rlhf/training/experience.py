@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from igpo_rlhf.algo import gae_advantages, info_gain_rewards, token_advantages, turn_advantages
-from igpo_rlhf.ray.logprobs import pad_right
 from igpo_rlhf.rewards import exact_match, f1_score, outcome_reward
+from igpo_rlhf.training.logprobs import pad_right
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import AlgorithmConfig

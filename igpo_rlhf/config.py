@@ -141,14 +141,49 @@ class VLLMConfig(_Section):
     )
 
 
+class OpenAIEngineConfig(_Section):
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="Base URL of the OpenAI-compatible server, up to and including /v1 (vLLM, `transformers "
+        "serve`, a hosted API).",
+    )
+    model: str | None = Field(
+        None, description="Model name sent in every request; null: model.path (what local servers expect)."
+    )
+    mode: Literal["completions", "chat"] = Field(
+        "completions",
+        description="completions: POST /completions with the decoded context (any protocol, exact prompt "
+        "text); chat: POST /chat/completions with the context mapped to messages (protocol=tool_call only).",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the API key (sent as a bearer token; never logged or "
+        "recorded); null: no key.",
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0.0, description="Timeout of one request.")
+    retries: int = Field(
+        3, ge=0, description="Retries of a failed request (connection error, timeout, 429, 5xx)."
+    )
+    backoff_s: float = Field(
+        1.0, ge=0.0, description="First retry delay; doubled each retry (a Retry-After header wins)."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra request fields, e.g. {include_stop_str_in_output: true} for vLLM servers.",
+    )
+
+
 class RolloutConfig(_Section):
     protocol: Literal["search_r1", "tool_call"] = Field(
         "search_r1",
         description="Agent protocol: search_r1 tags (<search>, <information>, <answer>) or the chat template's "
         "tool calls with a `search` tool.",
     )
-    engine: Literal["hf", "vllm"] = Field(
-        "hf", description="Generator: hf (transformers generate; CPU/GPU) or vllm (GPU only)."
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf",
+        description="Generator: hf (transformers generate; CPU/GPU), vllm (GPU only) or openai (an "
+        "OpenAI-compatible HTTP endpoint, `rollout.openai`; `igpo eval` only: weights cannot be pushed to it).",
     )
     prompt_template: str = Field(
         SEARCH_R1_PROMPT, description="User prompt; `{question}` is replaced by the question."
@@ -179,6 +214,9 @@ class RolloutConfig(_Section):
     )
     batch_size: int = Field(64, ge=1, description="Trajectories generated together per engine call.")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine options (engine=vllm).")
+    openai: OpenAIEngineConfig = Field(
+        default_factory=OpenAIEngineConfig, description="OpenAI-compatible endpoint (engine=openai)."
+    )
 
 
 # -------------------------------------------------------------------------------------------- search
@@ -288,6 +326,44 @@ class ResourcesConfig(_Section):
     )
 
 
+# ---------------------------------------------------------------------------------------------- eval
+class EvalConfig(_Section):
+    every_n_steps: int = Field(
+        0,
+        ge=0,
+        description="Training-time validation on data.eval every N steps (and at step 0 and at the end); "
+        "0 disables it.",
+    )
+    subset_size: int | None = Field(
+        256,
+        ge=1,
+        description="Held-out questions used for validation during training: a fixed subset of data.eval "
+        "drawn with subset_seed (the same questions every time); null: all of them.",
+    )
+    subset_seed: int = Field(0, description="Seed of the validation subset.")
+    n_samples: int = Field(
+        1,
+        ge=1,
+        description="Rollouts per question: 1 (greedy); K > 1 with temperature > 0 gives avg@K and pass@K.",
+    )
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of evaluation; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of evaluation.")
+    top_k: int = Field(-1, ge=-1, description="Top-k of evaluation (-1 disables).")
+    seed: int = Field(0, description="Sampling seed of evaluation (used when temperature > 0).")
+    limit_per_source: int | None = Field(
+        None, ge=1, description="`igpo eval`: only the first N questions of each source."
+    )
+    sources: list[str] | None = Field(
+        None, description="`igpo eval`: only these sources (data_source names, file stems or world splits)."
+    )
+    chunk_size: int = Field(
+        32,
+        ge=1,
+        description="`igpo eval`: questions rolled out together; each finished chunk is appended to "
+        "rollouts.jsonl, and a rerun continues from the last complete chunk.",
+    )
+
+
 class ScorerConfig(_Section):
     token_budget: int = Field(
         16384, ge=64, description="Tokens per scorer forward pass; trajectories are split to stay under it."
@@ -328,6 +404,9 @@ class Config(_Section):
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="Belief scorer.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and rollouts.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpointing.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Evaluation: `igpo eval` and validation during training."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -355,7 +434,28 @@ class Config(_Section):
             raise ValueError("rollout.prompt_template must contain the placeholder {question}")
         if "{documents}" not in r.observation_template:
             raise ValueError("rollout.observation_template must contain the placeholder {documents}")
+        self._check_training_layout()
         return self
+
+    def _check_training_layout(self) -> None:
+        """Every policy (and critic) rank takes the same number of rollouts per optimiser step, and every
+        hf rollout actor whole prompts."""
+        t = self.train
+        rollouts = t.prompts_per_step * self.rollout.n_samples
+        roles = ["policy", "critic"] if self.algorithm.estimator == "ppo" else ["policy"]
+        for role in roles:
+            ranks = getattr(self.resources, role).num_actors
+            if rollouts % (t.mini_batches * ranks):
+                raise ValueError(
+                    f"train.prompts_per_step x rollout.n_samples = {rollouts} rollouts per step must divide evenly "
+                    f"into train.mini_batches ({t.mini_batches}) x resources.{role}.num_actors ({ranks}); every "
+                    f"{role} rank takes the same number of micro-batches per optimiser step"
+                )
+        if self.rollout.engine == "hf" and self.resources.rollout.num_actors > t.prompts_per_step:
+            raise ValueError(
+                f"resources.rollout.num_actors ({self.resources.rollout.num_actors}) exceeds "
+                f"train.prompts_per_step ({t.prompts_per_step}): each rollout actor takes whole prompts"
+            )
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -1,4 +1,4 @@
-"""`python -m services.search_proxy [--config FILE] [--backend ...] [--corpus ...] [--host ...] [--port ...]`.
+"""`python -m services.search_proxy [--config FILE] [--backend ...] [--corpus ...] [--port ...] [...]`.
 
 Flags override the config file; without a file they start from the defaults of ProxySettings. The
 first line printed is `search proxy: serving <backend> on http://HOST:PORT` (the real port when --port 0).
@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-mode", choices=["off", "read_write", "replay"])
     parser.add_argument("--remote-url", help="the /retrieve URL for --backend remote")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--max-queries-per-request", type=int, help="queries allowed in one request (default 65536)"
+    )
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body (default 32 MiB)")
     return parser.parse_args(argv)
 
 
@@ -46,6 +50,8 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         ("cache_dir", ("cache", "dir")),
         ("cache_mode", ("cache", "mode")),
         ("remote_url", ("remote", "url")),
+        ("max_queries_per_request", ("limits", "max_queries_per_request")),
+        ("max_body_bytes", ("limits", "max_body_bytes")),
     ]:
         value = getattr(args, flag)
         if value is None:

@@ -3,7 +3,10 @@
 A request's path: limits checked (422 naming the field) -> admission (503 + Retry-After past
 `limits.max_inflight_requests`) -> queries normalised -> result cache (SQLite, on its own thread) ->
 misses go to the backend's micro-batcher (one retriever call for many concurrent requests, off the event
-loop) -> fresh results stored -> answer. Backends load in the background after the server starts, so
+loop) -> fresh results stored -> answer. A request larger than `batching.max_queries` takes that path one
+chunk of `batching.max_queries` queries at a time and its answer is streamed out chunk by chunk, so a
+16,384-query request (a whole training batch in one POST, as Search-R1's client sends it) costs the proxy
+a few chunks of memory, not the whole answer. Backends load in the background after the server starts, so
 /healthz can say "loading"; if loading fails, /healthz says why and `on_fatal` is called.
 """
 
@@ -12,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,13 +27,15 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from services.search_proxy.backends import Backend, Hit, UpstreamError, UpstreamTimeout, build_backends
 from services.search_proxy.batching import MicroBatcher
 from services.search_proxy.cache import ResultCache, normalize_query
+from services.search_proxy.corpus import search_r1_contents
 from services.search_proxy.metrics import ProxyMetrics
 from services.search_proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.search_proxy.schemas import (
@@ -56,15 +63,24 @@ class QueryAnswer:
     backend_ms: float
 
 
-def check_request(queries: list[str], top_k: int, limits: LimitSettings, *, top_k_field: str) -> None:
+# Where an operator raises a request limit; the 4xx that enforces a limit names it.
+RAISE_QUERIES = (
+    "raise it where the proxy is started: limits.max_queries_per_request in its config file "
+    "(search.proxy.limits.max_queries_per_request in a training config) or --max-queries-per-request N"
+)
+
+
+def check_request(
+    queries: list[str], top_k: int, limits: LimitSettings, *, top_k_field: str, allow_empty: bool = False
+) -> None:
     """Raise HTTP 422 naming the field when a request breaks a limit."""
-    if not queries:
+    if not queries and not allow_empty:
         raise HTTPException(422, "queries: empty list; send at least one query")
     if len(queries) > limits.max_queries_per_request:
         raise HTTPException(
             422,
             f"queries: {len(queries)} queries, more than limits.max_queries_per_request = "
-            f"{limits.max_queries_per_request}",
+            f"{limits.max_queries_per_request}; send fewer per request, or {RAISE_QUERIES}",
         )
     for i, query in enumerate(queries):
         if not query.strip():
@@ -78,6 +94,30 @@ def check_request(queries: list[str], top_k: int, limits: LimitSettings, *, top_
         raise HTTPException(
             422, f"{top_k_field}: {top_k} is outside the accepted range 1..{limits.max_top_k}"
         )
+
+
+def _json(value: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it (compact, UTF-8, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _items(item: Callable[[str, QueryAnswer], Any], queries: list[str], answers: list[QueryAnswer]) -> bytes:
+    """`item(query, answer)` of each pair as comma-separated JSON values (a JSON array without brackets)."""
+    return _json([item(q, a) for q, a in zip(queries, answers, strict=True)])[1:-1]
+
+
+class _StreamedJSON(StreamingResponse):
+    """A streamed JSON answer that runs `on_close` however it ends: sent, failed, or the client left."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content, media_type="application/json")
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 class ProxyState:
@@ -183,8 +223,8 @@ class ProxyState:
             )
         return self.backends[name], self.batchers[name]
 
-    async def answer(self, queries: list[str], top_k: int, backend_name: str | None) -> list[QueryAnswer]:
-        """Hits for each query (request order), from the cache or the backend's micro-batcher."""
+    def _admit(self, backend_name: str | None) -> tuple[Backend, MicroBatcher]:
+        """The backend and its batcher, counting one more request in flight (503 past the limit)."""
         backend, batcher = self._backend(backend_name)
         limits = self.settings.limits
         if self.in_flight >= limits.max_inflight_requests:
@@ -196,15 +236,129 @@ class ProxyState:
             )
         self.in_flight += 1
         self.metrics.in_flight.inc()
-        try:
-            return await self._answer(backend, batcher, queries, top_k)
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+        return backend, batcher
 
-    async def _answer(
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    async def respond(
+        self,
+        queries: list[str],
+        top_k: int,
+        backend_name: str | None,
+        head: bytes,
+        item: Callable[[str, QueryAnswer], Any],
+        tail: bytes,
+    ) -> Response:
+        """The JSON answer `head`, then `item(query, answer)` for each query in request order, then `tail`.
+
+        At most `batching.max_queries` queries: answered whole, with a Content-Length. More: fed to the
+        micro-batcher one chunk of `batching.max_queries` at a time (the next chunk queued while the
+        backend works on the current one, so it never idles and other clients' queries get in between)
+        and streamed out as each chunk is answered, so the proxy holds at most two chunks of hits and one
+        chunk of JSON whatever the request's size. The first chunk is answered before the status line is
+        sent, so its errors are ordinary 4xx/5xx answers; a later chunk failing (backend error, or no
+        answer within `limits.request_timeout_s`) ends the response early: the connection closes before
+        the closing bracket, so no client can take the answer for a complete one.
+        """
+        backend, batcher = self._admit(backend_name)
+        chunks = self._answer_chunks(backend, batcher, queries, top_k)
+        size = self.settings.batching.max_queries
+        try:
+            first = await anext(chunks)
+            body = _items(item, queries[: len(first)], first)
+        except BaseException:
+            await chunks.aclose()
+            self._release()
+            raise
+        if len(queries) <= size:
+            self._release()
+            return Response(head + body + tail, media_type="application/json")
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield head + body
+            start = size
+            try:
+                async for answers in chunks:
+                    yield b"," + _items(item, queries[start : start + len(answers)], answers)
+                    start += len(answers)
+            except HTTPException as exc:
+                log.error(
+                    "search proxy: a %d-query request failed after %d queries were sent; closing the "
+                    "connection: %s",
+                    len(queries),
+                    start,
+                    exc.detail,
+                )
+                raise
+            yield tail
+
+        async def close() -> None:
+            await chunks.aclose()
+            self._release()
+
+        return _StreamedJSON(stream(), close)
+
+    async def _answer_chunks(
+        self, backend: Backend, batcher: MicroBatcher, queries: list[str], top_k: int
+    ) -> AsyncIterator[list[QueryAnswer]]:
+        """The answers to `queries`, one list per chunk of `batching.max_queries`, two chunks in flight."""
+        size = self.settings.batching.max_queries
+        if self.settings.cache.mode == "replay" and len(queries) > size:
+            await self._check_replay(backend, queries, top_k)  # a 404 before any part of the answer is sent
+        in_flight: deque[asyncio.Task[list[QueryAnswer]]] = deque()
+        try:
+            for start in range(0, len(queries), size):
+                chunk = queries[start : start + size]
+                in_flight.append(asyncio.create_task(self._answer_chunk(backend, batcher, chunk, top_k)))
+                if len(in_flight) == 2:
+                    yield await self._chunk_result(backend, in_flight.popleft())
+            while in_flight:
+                yield await self._chunk_result(backend, in_flight.popleft())
+        finally:
+            for task in in_flight:  # the request failed or the client left: queued chunks are not needed
+                task.cancel()
+
+    async def _chunk_result(
+        self, backend: Backend, task: asyncio.Task[list[QueryAnswer]]
+    ) -> list[QueryAnswer]:
+        """A chunk's answers, with its failure as the HTTP error that reports it."""
+        timeout = self.settings.limits.request_timeout_s
+        try:
+            return await asyncio.wait_for(task, timeout)
+        except HTTPException:
+            raise
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                504,
+                f"backend '{backend.name}' did not answer within limits.request_timeout_s = {timeout:g} s",
+            ) from None
+        except UpstreamTimeout as exc:
+            raise HTTPException(504, f"backend '{backend.name}': {exc}") from None
+        except UpstreamError as exc:
+            raise HTTPException(502, f"backend '{backend.name}': {exc}") from None
+        except Exception as exc:  # a backend bug must answer 500 with its cause, not kill the server
+            log.exception("search proxy: backend %s failed", backend.name)
+            raise HTTPException(
+                500, f"backend '{backend.name}' failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def _check_replay(self, backend: Backend, queries: list[str], top_k: int) -> None:
+        """404 unless every query of the request is in the cache (replay mode serves nothing else)."""
+        assert self.cache is not None  # replay mode always opens the cache
+        unique = list(dict.fromkeys(normalize_query(q) for q in queries))
+        missing = await asyncio.get_running_loop().run_in_executor(
+            self.cache_thread,
+            lambda: self.cache.missing(backend.cache_key, unique, top_k),  # type: ignore[union-attr]
+        )
+        if missing:
+            raise _replay_miss(backend, len(missing), len(unique), missing[0], top_k)
+
+    async def _answer_chunk(
         self, backend: Backend, batcher: MicroBatcher, queries: list[str], top_k: int
     ) -> list[QueryAnswer]:
+        """Hits for each query (in order), from the cache or the backend's micro-batcher."""
         loop = asyncio.get_running_loop()
         mode = self.settings.cache.mode
         normalized = [normalize_query(q) for q in queries]
@@ -222,35 +376,13 @@ class ProxyState:
         self.metrics.child(self.metrics.cache_misses, backend.name).inc(len(normalized) - hits)
         missing = [q for q in unique if q not in cached]
         if missing and mode == "replay":
-            raise HTTPException(
-                404,
-                f"replay cache miss: {len(missing)} of {len(unique)} queries have no cached result for backend "
-                f"'{backend.name}' with top_k {top_k}, e.g. {missing[0]!r} (cache.mode is replay)",
-            )
+            raise _replay_miss(backend, len(missing), len(unique), missing[0], top_k)
         fresh: dict[str, list[Hit]] = {}
         backend_ms: dict[str, float] = {}
         if missing:
             futures = [batcher.submit(q, top_k) for q in missing]
-            try:
-                answers = await asyncio.wait_for(
-                    asyncio.gather(*(asyncio.shield(f) for f in futures)),
-                    self.settings.limits.request_timeout_s,
-                )
-            except asyncio.TimeoutError:
-                raise HTTPException(
-                    504,
-                    f"backend '{backend.name}' did not answer within limits.request_timeout_s = "
-                    f"{self.settings.limits.request_timeout_s:g} s",
-                ) from None
-            except UpstreamTimeout as exc:
-                raise HTTPException(504, f"backend '{backend.name}': {exc}") from None
-            except UpstreamError as exc:
-                raise HTTPException(502, f"backend '{backend.name}': {exc}") from None
-            except Exception as exc:  # a backend bug must answer 500 with its cause, not kill the server
-                log.exception("search proxy: backend %s failed", backend.name)
-                raise HTTPException(
-                    500, f"backend '{backend.name}' failed: {type(exc).__name__}: {exc}"
-                ) from None
+            # shielded: a future may be shared with other requests, which must not lose it if this one ends
+            answers = await asyncio.gather(*(asyncio.shield(f) for f in futures))
             for query, answer in zip(missing, answers, strict=True):
                 fresh[query], backend_ms[query] = answer.hits, answer.backend_ms
             if self.cache is not None and mode == "read_write":
@@ -260,6 +392,14 @@ class ProxyState:
             QueryAnswer(cached[q], True, 0.0) if q in cached else QueryAnswer(fresh[q], False, backend_ms[q])
             for q in normalized
         ]
+
+
+def _replay_miss(backend: Backend, missing: int, unique: int, example: str, top_k: int) -> HTTPException:
+    return HTTPException(
+        404,
+        f"replay cache miss: {missing} of {unique} queries have no cached result for backend "
+        f"'{backend.name}' with top_k {top_k}, e.g. {example!r} (cache.mode is replay)",
+    )
 
 
 def _log_cache_write_error(write: Future[None]) -> None:
@@ -335,20 +475,16 @@ def create_app(
         dependencies=authorized,
         openapi_extra=_body_doc(RetrieveRequest),
     )
-    async def retrieve(request: Request) -> JSONResponse:
+    async def retrieve(request: Request) -> Response:
         """Search-R1's retrieval-server contract: `{"queries", "topk", "return_scores"}` -> `{"result"}`."""
         body = parse_body(RetrieveRequest, await request.body())
         top_k = settings.limits.default_top_k if body.topk is None else body.topk
-        check_request(body.queries, top_k, settings.limits, top_k_field="topk")
-        answers = await state.answer(body.queries, top_k, None)
-        if body.return_scores:
-            result = [
-                [{"document": {"id": h.id, "contents": _contents(h)}, "score": h.score} for h in a.hits]
-                for a in answers
-            ]
-        else:
-            result = [[{"id": h.id, "contents": _contents(h)} for h in a.hits] for a in answers]
-        return JSONResponse({"result": result})
+        # Search-R1's client posts an empty list when no rollout searched this turn; its server answers [].
+        check_request(body.queries, top_k, settings.limits, top_k_field="topk", allow_empty=True)
+        if not body.queries:
+            return JSONResponse({"result": []})
+        item = _scored_documents if body.return_scores else _documents
+        return await state.respond(body.queries, top_k, None, b'{"result":[', item, b"]}")
 
     @app.post(
         "/search",
@@ -357,23 +493,13 @@ def create_app(
         dependencies=authorized,
         openapi_extra=_body_doc(SearchRequest),
     )
-    async def search(request: Request) -> JSONResponse:
+    async def search(request: Request) -> Response:
         """Hits per query with title, text, score (and url for web backends), cache flag and backend time."""
         body = parse_body(SearchRequest, await request.body())
         top_k = settings.limits.default_top_k if body.top_k is None else body.top_k
         check_request(body.queries, top_k, settings.limits, top_k_field="top_k")
-        answers = await state.answer(body.queries, top_k, body.backend)
-        name = body.backend or settings.backend
-        results = [
-            {
-                "query": query,
-                "hits": [h.to_dict() for h in a.hits],
-                "cached": a.cached,
-                "backend_ms": round(a.backend_ms, 3),
-            }
-            for query, a in zip(body.queries, answers, strict=True)
-        ]
-        return JSONResponse({"backend": name, "top_k": top_k, "results": results})
+        head = _json({"backend": body.backend or settings.backend, "top_k": top_k, "results": []})[:-2]
+        return await state.respond(body.queries, top_k, body.backend, head, _search_result, b"]}")
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz() -> JSONResponse:
@@ -398,6 +524,24 @@ def create_app(
     return app
 
 
-def _contents(hit: Hit) -> str:
-    """Search-R1's `contents`: '"Title"\\ntext'."""
-    return f'"{hit.title}"\n{hit.text}' if hit.title else hit.text
+def _scored_documents(_: str, answer: QueryAnswer) -> list[dict[str, Any]]:
+    """/retrieve with return_scores: [{"document": {"id", "contents"}, "score"}] per query."""
+    return [
+        {"document": {"id": h.id, "contents": search_r1_contents(h.title, h.text)}, "score": h.score}
+        for h in answer.hits
+    ]
+
+
+def _documents(_: str, answer: QueryAnswer) -> list[dict[str, Any]]:
+    """/retrieve without scores: the documents [{"id", "contents"}] per query."""
+    return [{"id": h.id, "contents": search_r1_contents(h.title, h.text)} for h in answer.hits]
+
+
+def _search_result(query: str, answer: QueryAnswer) -> dict[str, Any]:
+    """/search: one entry of `results`."""
+    return {
+        "query": query,
+        "hits": [h.to_dict() for h in answer.hits],
+        "cached": answer.cached,
+        "backend_ms": round(answer.backend_ms, 3),
+    }

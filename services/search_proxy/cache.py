@@ -67,6 +67,21 @@ class ResultCache:
                         found[query] = [Hit(**h) for h in json.loads(hits)]
         return found
 
+    def missing(self, backend: str, queries: list[str], top_k: int) -> list[str]:
+        """Those queries (in order, once each) with no cached hits at any age; reads keys only, not hits."""
+        unique = list(dict.fromkeys(queries))
+        present: set[str] = set()
+        with self._lock:
+            for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
+                chunk = unique[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT query FROM results WHERE backend = ? AND top_k = ? "
+                    f"AND query IN ({','.join('?' * len(chunk))})",
+                    (backend, top_k, *chunk),
+                ).fetchall()
+                present.update(query for (query,) in rows)
+        return [q for q in unique if q not in present]
+
     def put_many(self, backend: str, top_k: int, results: dict[str, list[Hit]]) -> None:
         """Store (replace) the hits of several queries in one transaction."""
         now = time.time()

@@ -29,7 +29,16 @@ class Passage:
     @property
     def contents(self) -> str:
         """Search-R1's layout: the title in double quotes on the first line, then the text."""
-        return f'"{self.title}"\n{self.text}' if self.title else self.text
+        return search_r1_contents(self.title, self.text)
+
+
+def search_r1_contents(title: str, text: str) -> str:
+    """Search-R1's `contents`: '"Title"\\ntext', the title line there even when the title is empty.
+
+    Search-R1's corpora (wiki-18, ../shared/data's) always have that line (`""` when untitled), and its
+    client takes the first line as the title: without the line, the text's first line would become the title.
+    """
+    return f'"{title}"\n{text}'
 
 
 def split_contents(contents: str) -> tuple[str, str]:

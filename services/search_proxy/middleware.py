@@ -33,7 +33,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_large = {"detail": f"request body: larger than limits.max_body_bytes = {self.max_bytes} bytes"}
+        too_large = {
+            "detail": f"request body: larger than limits.max_body_bytes = {self.max_bytes} bytes; send fewer "
+            "queries per request, or raise it where the proxy is started: limits.max_body_bytes in its config "
+            "file (search.proxy.limits.max_body_bytes in a training config) or --max-body-bytes N"
+        }
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _send_json(send, 413, too_large)

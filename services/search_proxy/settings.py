@@ -134,14 +134,26 @@ class CacheSettings(_Section):
 
 
 class LimitSettings(_Section):
-    max_queries_per_request: int = Field(512, ge=1, le=100_000, description="Queries allowed in one request.")
+    max_queries_per_request: int = Field(
+        65_536,
+        ge=1,
+        le=1_000_000,
+        description="Queries allowed in one request (more: 422 naming this key and --max-queries-per-request). "
+        "Large requests are answered batching.max_queries at a time and streamed back, so proxy memory does "
+        "not grow with this limit; the default serves a whole training batch in one request (Search-R1's GRPO "
+        "sends 512 prompts x 5 = 2,560 queries).",
+    )
     max_query_chars: int = Field(2048, ge=1, le=1_000_000, description="Characters allowed in one query.")
     max_top_k: int = Field(100, ge=1, le=10_000, description="Largest top_k / topk a request may ask for.")
     default_top_k: int = Field(
         3, ge=1, le=10_000, description="top_k when a request gives none (Search-R1: 3)."
     )
     max_body_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=1024**3, description="Largest request body; larger ones get 413."
+        32 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body; larger ones get 413 (naming this key and --max-body-bytes). The "
+        "default fits 16,384 queries of ~2,000 characters.",
     )
     max_inflight_requests: int = Field(
         1024,
@@ -151,7 +163,11 @@ class LimitSettings(_Section):
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After (seconds) sent with 503 answers.")
     request_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="Deadline of one search request; past it the answer is 504."
+        60.0,
+        gt=0,
+        le=3600,
+        description="Deadline of one search request; past it the answer is 504. A request larger than "
+        "batching.max_queries has this deadline for each chunk.",
     )
 
     @model_validator(mode="after")
@@ -171,7 +187,11 @@ class BatchingSettings(_Section):
         description="How long an idle backend waits for concurrent queries to join a batch.",
     )
     max_queries: int = Field(
-        256, ge=1, le=100_000, description="Most queries merged into one retriever call."
+        256,
+        ge=1,
+        le=100_000,
+        description="Most queries merged into one retriever call; also the chunk in which a larger request is "
+        "fed to the retriever and its answer streamed back.",
     )
 
 

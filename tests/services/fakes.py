@@ -2,6 +2,8 @@
 
 - `gated_retriever`: a Search-R1 /retrieve server that holds each request until the test opens a gate
   (for slow-upstream, timeout and overload cases, without timing guesses).
+- `failing_retriever`: a Search-R1 /retrieve server that answers HTTP 500 to any request holding a query
+  with "fail" in it (a backend failing in the middle of a large, chunked request).
 - `fake_serper` / `fake_bing`: this machine cannot reach google.serper.dev or api.bing.microsoft.com, so
   these mimic each API's documented request and answer (see services/search_proxy/backends/web.py), check
   the key header, and record what they received.
@@ -26,6 +28,24 @@ def gated_retriever(gate: threading.Event, received: list[dict[str, Any]]) -> Fa
         body = await request.json()
         received.append(body)
         await asyncio.to_thread(gate.wait, 60)
+        result = [
+            [{"document": {"id": f"r-{q}", "contents": f'"Upstream"\nanswer to {q}'}, "score": 1.0}]
+            for q in body["queries"]
+        ]
+        return JSONResponse({"result": result})
+
+    return app
+
+
+def failing_retriever() -> FastAPI:
+    """POST /retrieve answering one fixed passage per query, or HTTP 500 when a query contains "fail"."""
+    app = FastAPI()
+
+    @app.post("/retrieve")
+    async def retrieve(request: Request) -> JSONResponse:
+        body = await request.json()
+        if any("fail" in q for q in body["queries"]):
+            return JSONResponse({"detail": "index shard offline"}, status_code=500)
         result = [
             [{"document": {"id": f"r-{q}", "contents": f'"Upstream"\nanswer to {q}'}, "score": 1.0}]
             for q in body["queries"]

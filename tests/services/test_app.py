@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.search_proxy.__main__ import parse_args, settings_from_args
 from services.search_proxy.app import create_app
 from services.search_proxy.backends.bm25 import Bm25Backend
 from services.search_proxy.cache import CACHE_FILE
@@ -82,13 +83,18 @@ def test_search_api_and_cache_flags(proxy):
     )
 
 
+TOO_MANY = (
+    "queries: 5 queries, more than limits.max_queries_per_request = 4; send fewer per request, or raise it "
+    "where the proxy is started: limits.max_queries_per_request in its config file "
+    "(search.proxy.limits.max_queries_per_request in a training config) or --max-queries-per-request N"
+)
 BAD_REQUESTS = [
     ("/search", {"queries": []}, 422, "queries: empty list; send at least one query"),
     (
         "/search",
         {"queries": ["a"] * 5},
         422,
-        "queries: 5 queries, more than limits.max_queries_per_request = 4",
+        TOO_MANY,
     ),
     (
         "/search",
@@ -104,7 +110,7 @@ BAD_REQUESTS = [
         "/retrieve",
         {"queries": ["a"] * 5},
         422,
-        "queries: 5 queries, more than limits.max_queries_per_request = 4",
+        TOO_MANY,
     ),
     ("/search", {"queries": "hamlet"}, 422, "queries: Input should be a valid array"),
     ("/search", {"queries": [1, "a"]}, 422, "queries.0: Input should be a valid string"),
@@ -145,7 +151,11 @@ def test_malformed_and_oversized_bodies_and_the_server_keeps_serving(proxy, tmp_
     huge = json.dumps({"queries": ["a" * 3000]}).encode()
     declared = httpx.post(f"{proxy.url}/search", content=huge, headers={"content-type": "application/json"})
     assert declared.status_code == 413
-    assert declared.json()["detail"] == "request body: larger than limits.max_body_bytes = 2048 bytes"
+    assert declared.json()["detail"] == (
+        "request body: larger than limits.max_body_bytes = 2048 bytes; send fewer queries per request, or raise "
+        "it where the proxy is started: limits.max_body_bytes in its config file "
+        "(search.proxy.limits.max_body_bytes in a training config) or --max-body-bytes N"
+    )
     chunked = httpx.post(  # no Content-Length: the limit is enforced while the body streams in
         f"{proxy.url}/search",
         content=iter([huge[:1500], huge[1500:]]),
@@ -268,3 +278,105 @@ def test_a_corpus_that_fails_to_load_is_reported(tmp_path: Path):
         refused = httpx.post(f"{server.url}/search", json={"queries": ["a"]})
         assert refused.status_code == 503 and "failed to load" in refused.json()["detail"]
     assert len(failures) == 1 and isinstance(failures[0], ValueError)
+
+
+CHUNKED = [  # 10 queries = 3 chunks of batching.max_queries 4: a repeat two chunks later, a query with no hit
+    "capital city",
+    "tragedy",
+    "Everest",
+    "jazz music",
+    "tokyo",
+    "python language",
+    "the cell",
+    "Scottish general",
+    "TRAGEDY",
+    "zebra",
+]
+
+
+def test_a_request_larger_than_a_batch_is_answered_in_chunks_and_streamed(tiny_corpus: Path, tmp_path: Path):
+    expected = Bm25Backend(read_corpus(tiny_corpus), Bm25Settings()).retrieve(CHUNKED, 2)
+    assert expected[-1] == []  # "zebra" matches nothing
+    settings = _settings(tiny_corpus, tmp_path / "cache", batching={"max_queries": 4})
+    with serve(create_app(settings)) as server:
+        small = httpx.post(f"{server.url}/search", json={"queries": ["jazz music"], "top_k": 2})
+        assert "content-length" in small.headers and "transfer-encoding" not in small.headers
+        retrieved = httpx.post(
+            f"{server.url}/retrieve", json={"queries": CHUNKED, "topk": 2, "return_scores": True}
+        )
+        assert (
+            retrieved.headers["transfer-encoding"] == "chunked" and "content-length" not in retrieved.headers
+        )
+        assert retrieved.json() == {
+            "result": [
+                [
+                    {"document": {"id": h.id, "contents": f'"{h.title}"\n{h.text}'}, "score": h.score}
+                    for h in hits
+                ]
+                for hits in expected
+            ]
+        }
+        searched = httpx.post(f"{server.url}/search", json={"queries": CHUNKED, "top_k": 2}).json()
+        assert (searched["backend"], searched["top_k"]) == ("bm25", 2)
+        assert [r["query"] for r in searched["results"]] == CHUNKED
+        assert [r["hits"] for r in searched["results"]] == [[h.to_dict() for h in hits] for hits in expected]
+        assert all(r["cached"] for r in searched["results"])  # the /retrieve before stored every answer
+        # every backend call took at most one chunk; every request was let go
+        calls = metric(server.url, "search_proxy_batch_queries_count", backend="bm25")
+        assert (
+            calls >= 3
+            and metric(server.url, "search_proxy_batch_queries_bucket", backend="bm25", le="4.0") == calls
+        )
+        assert metric(server.url, "search_proxy_inflight_requests") == 0
+
+
+def test_replay_refuses_a_large_request_before_streaming(tiny_corpus: Path, tmp_path: Path):
+    cache_dir = tmp_path / "cache"
+    with serve(create_app(_settings(tiny_corpus, cache_dir))) as server:
+        recorded = httpx.post(f"{server.url}/search", json={"queries": CHUNKED[:-1], "top_k": 2}).json()
+    replay = _settings(
+        tiny_corpus, cache_dir, cache={"dir": cache_dir, "mode": "replay"}, batching={"max_queries": 4}
+    )
+    with serve(create_app(replay)) as server:
+        replayed = httpx.post(f"{server.url}/search", json={"queries": CHUNKED[:-1], "top_k": 2})
+        assert replayed.headers["transfer-encoding"] == "chunked"
+        assert [r["hits"] for r in replayed.json()["results"]] == [r["hits"] for r in recorded["results"]]
+        miss = httpx.post(f"{server.url}/search", json={"queries": CHUNKED, "top_k": 2})  # "zebra" is last
+        assert miss.status_code == 404
+        assert miss.json()["detail"] == (
+            "replay cache miss: 1 of 9 queries have no cached result for backend 'bm25' with top_k 2, "
+            "e.g. 'zebra' (cache.mode is replay)"
+        )
+
+
+def test_the_flags_that_raise_the_request_limits(tiny_corpus: Path, tmp_path: Path):
+    args = ["--corpus", str(tiny_corpus), "--cache-dir", str(tmp_path / "cache")]
+    settings = settings_from_args(
+        parse_args([*args, "--max-queries-per-request", "3", "--max-body-bytes", "1024"])
+    )
+    assert (settings.limits.max_queries_per_request, settings.limits.max_body_bytes) == (3, 1024)
+    with serve(create_app(settings)) as server:
+        refused = httpx.post(f"{server.url}/retrieve", json={"queries": ["a", "b", "c", "d"]})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith(
+            "queries: 4 queries, more than limits.max_queries_per_request = 3; send fewer per request"
+        )
+        assert httpx.post(f"{server.url}/retrieve", json={"queries": ["x" * 1100]}).status_code == 413
+    defaults = settings_from_args(parse_args(args))
+    assert defaults.limits.max_queries_per_request >= 16_384  # a training batch fits in one request
+    with serve(create_app(defaults)) as server:
+        answer = httpx.post(
+            f"{server.url}/retrieve", json={"queries": ["Lima Peru capital"] * 16_384, "topk": 1}
+        )
+        assert answer.status_code == 200
+        lima = {
+            "id": "p1",
+            "contents": '"Lima"\nLima is the capital and largest city of Peru, on the Pacific coast.',
+        }
+        assert answer.json() == {"result": [[lima]] * 16_384}
+
+
+def test_an_empty_retrieve_is_answered_like_search_r1s_server(proxy):
+    # Search-R1's client posts every turn, with an empty list when no rollout searched
+    assert httpx.post(
+        f"{proxy.url}/retrieve", json={"queries": [], "topk": 3, "return_scores": True}
+    ).json() == {"result": []}

@@ -41,6 +41,13 @@ def test_split_contents():
     assert split_contents("just text") == ("", "just text")
 
 
+def test_untitled_passages_keep_the_title_line():
+    # Search-R1's corpora write '""' as an untitled passage's first line (a quarter of ../shared/data's
+    # passages); its client reads the first line as the title, so the line must be there.
+    assert Passage("8", "", "only text").contents == '""\nonly text'
+    assert split_contents('""\nonly text') == ("", "only text")
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [

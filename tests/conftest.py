@@ -1,5 +1,6 @@
-"""Suite-wide settings (everything offline, Ray without token auth, cached DeepSpeed ops) and the one local
-Ray fixture the actor and end-to-end tests share."""
+"""Suite-wide settings (everything offline, Ray without token auth, cached DeepSpeed ops), the one local
+Ray fixture the actor and end-to-end tests share, and the tiny world + model + search proxy that the
+end-to-end and eval tests share (built once per session)."""
 
 import os
 from pathlib import Path
@@ -39,3 +40,24 @@ def local_ray():
     yield ray.get_runtime_context().gcs_address
     torch.set_num_threads(before)
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(world_dir, model_dir): the world rendered and the tiny model warm-started on its demonstrations."""
+    from tests.tiny_world import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("e2e-tiny"))
+
+
+@pytest.fixture(scope="session")
+def proxy(tiny, tmp_path_factory):
+    """The real search proxy (BM25 over the tiny world's corpus) in its own process on 127.0.0.1."""
+    from igpo_rlhf.config import load_config
+    from services.search_proxy.launch import start_proxy
+
+    world_dir, _ = tiny
+    cfg = load_config(None, [f"search.proxy.corpus={world_dir / 'corpus.jsonl'}", 'search.proxy.cache.mode="off"',
+                             f"search.proxy.cache.dir={tmp_path_factory.mktemp('search-cache')}"])  # fmt: skip
+    with start_proxy(cfg.search.proxy, port=0) as running:
+        yield running

@@ -97,13 +97,11 @@ def restore_stop(text: str, stop_strings: list[str], stop_reason: Any) -> tuple[
 
 
 def _chat_frames(protocol: ToolCallProtocol) -> tuple[str, str]:
-    """Text of the chat-template prompt before and after the user message's content."""
-    text = protocol.prompt_text(_MARK) if "{question}" in protocol.prompt_template else None
-    if text is None or text.count(_MARK) != 1:
+    """Text of the chat-template prompt before and after the question (template text around it included)."""
+    if protocol.prompt_template.count("{question}") != 1:
         raise ValueError("chat mode needs a prompt_template that holds {question} exactly once")
-    head, tail = text.split(_MARK)
-    q_head, q_tail = protocol.prompt_template.split("{question}", 1)
-    return head + q_head, q_tail + tail
+    head, tail = protocol.prompt_text(_MARK).split(_MARK)
+    return head, tail
 
 
 def context_messages(protocol: ToolCallProtocol, context_text: str) -> list[dict[str, Any]]:
@@ -301,10 +299,11 @@ class OpenAIEngine:
 
     def _generation(self, reply: _Reply, budget: int, stop_strings: list[str]) -> Generation:
         text = reply.text
-        if reply.finish_reason == "length":
-            finish: Finish = "length"
-        else:  # "stop", "tool_calls", "eos", ...: ended by a stop string or by EOS
+        finish: Finish
+        if reply.finish_reason != "length":  # "stop", "tool_calls", ...: ended by a stop string or by EOS
             text, finish = restore_stop(text, stop_strings, reply.stop_reason)
+        else:  # a stop string completed by the budget's last token is a stop, as HFEngine reports it
+            finish = "stop" if any(s in text for s in stop_strings) else "length"
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if finish == "eos":
             ids = ids + [self.eos_id]

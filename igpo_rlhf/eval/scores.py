@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,8 +279,3 @@ def table_markdown(scores: EvalScores, *, label: str) -> str:
             f"Not evaluated: {', '.join(missing)} (Avg over the {len(scores.sources)} evaluated sources)."
         )
     return "\n".join(lines + notes) + "\n"
-
-
-def row_fields() -> list[str]:
-    """EvalRow's field names (the per-rollout keys a rollouts.jsonl row adds to the trajectory's)."""
-    return [f.name for f in fields(EvalRow)]

@@ -1,6 +1,9 @@
-"""Benchmark the search proxy under concurrent load, side by side with the same BM25 index in-process.
+"""Benchmark the search proxy under concurrent load and with whole training batches in one request,
+side by side with the same BM25 index in-process.
 
-    .venv/bin/python bench/search_proxy.py                       # the issue's grid, ~2 minutes
+    .venv/bin/python bench/search_proxy.py                       # both parts, ~13 minutes on 2 cores
+    .venv/bin/python bench/search_proxy.py --part grid           # concurrent clients only, ~2 minutes
+    .venv/bin/python bench/search_proxy.py --part large          # whole batches only, ~11 minutes (*)
     .venv/bin/python bench/search_proxy.py --seconds 5 --config configs/search/bm25_wiki.yaml
 
 One run, three ways of answering the same stream of questions (the QA sets of ../shared/data, ~9.7k
@@ -18,6 +21,19 @@ distinct questions, each asked once per cycle) with BM25 over the shipped 14k-pa
 Reported: throughput in queries/s, per-request latency p50/p99 (ms), errors (non-200 or a wrong number of
 results), and the proxy's throughput over the in-process bm25s one with the same queries per call.
 Wall-clock throughput on a shared machine moves with other load: the load average is printed with it.
+
+Large requests (`--part large`): what Search-R1's client sends, one POST /retrieve holding a whole
+training batch (2,560 = its GRPO run's 512 prompts x 5; 16,384 = 1,024 prompts x 16), topk 3,
+return_scores true, parsed with `requests` as its client does (`response.json()['result']`). The queries
+are distinct: the 9,773 questions, then the same again with " (2)" appended (a one-character token BM25
+drops, so equal work, but no deduplication or caching helps). Side by side: in-process bm25s answering
+the same queries in one `retrieve` call (and the proxy's own `Bm25Backend.retrieve`), median of
+`--repeats` runs each. For each request the proxy process's peak RSS is measured (VmHWM, reset through
+/proc/PID/clear_refs before the request), once with the default chunking (the request goes to the
+retriever batching.max_queries = 256 queries at a time and the answer is streamed back) and once with
+batching.max_queries raised to the request's size (one chunk: the whole answer built before it is sent).
+(*) Most of it is the in-process bm25s baseline: bm25s 0.3.16's `retrieve` spends ~3 ms a query in numpy's
+argpartition over a mostly-zero score array, ~200 queries/s here.
 """
 
 from __future__ import annotations
@@ -37,11 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bm25s  # noqa: E402
+import requests  # noqa: E402
 
 from services.search_proxy.backends.bm25 import Bm25Backend  # noqa: E402
 from services.search_proxy.corpus import corpus_fingerprint, read_corpus  # noqa: E402
 from services.search_proxy.launch import start_proxy  # noqa: E402
-from services.search_proxy.settings import load_settings  # noqa: E402
+from services.search_proxy.settings import ProxySettings, load_settings  # noqa: E402
 
 QA_FILES = ["train_stage2", "hotpotqa_500", "2wiki_500", "musique_500", "bamboogle"]
 TOP_K = 3
@@ -149,51 +166,125 @@ async def through_proxy(url: str, items: list[str], clients: int, per_request: i
     return stats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/search/bm25_wiki.yaml")
-    parser.add_argument(
-        "--shared", default=str(ROOT.parent / "shared"), help="folder holding data/qa and data/corpus"
-    )
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario")
-    args = parser.parse_args()
+def distinct_queries(items: list[str], n: int) -> list[str]:
+    """n distinct queries: the questions, then again with " (2)", " (3)"... (a one-character BM25 token)."""
+    return [
+        items[i % len(items)] + (f" ({i // len(items) + 1})" if i >= len(items) else "") for i in range(n)
+    ]
 
-    settings = load_settings(args.config)
-    settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"mode": "off"})})
-    items = questions(Path(args.shared))
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+@dataclass
+class LargeRequest:
+    """Whole-batch POSTs /retrieve to a fresh proxy: wall seconds (median), answer size, the proxy's memory."""
+
+    queries: int
+    seconds: float
+    answer_mb: float
+    rss_mb: float  # proxy RSS before the first request (loaded, idle)
+    cold_growth_mb: float  # peak RSS during the first request, over the RSS before it
+    warm_growth_mb: float  # the same for the later requests (largest)
+    errors: int
+
+
+def large_request(url: str, pid: int, queries: list[str], repeats: int) -> LargeRequest:
+    """POST all queries at once, `repeats` times, as Search-R1's client does; time and peak RSS of each."""
+    payload = {"queries": queries, "topk": TOP_K, "return_scores": True}
+    times, growths, errors, size = [], [], 0, 0
+    rss = _kib(pid, "VmRSS") / 1024
+    for _ in range(repeats):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS (VmHWM) restarts at the current RSS
+        before = _kib(pid, "VmHWM")
+        t0 = time.perf_counter()
+        response = requests.post(f"{url}/retrieve", json=payload)
+        result = response.json()["result"]
+        times.append(time.perf_counter() - t0)
+        growths.append((_kib(pid, "VmHWM") - before) / 1024)
+        errors += response.status_code != 200 or len(result) != len(queries)
+        size = len(response.content)
+    warm = max(growths[1:], default=float("nan"))
+    return LargeRequest(len(queries), statistics.median(times), size / 1e6, rss, growths[0], warm, errors)
+
+
+def large_part(
+    settings: ProxySettings,
+    items: list[str],
+    bm25s_call: Callable[[list[str]], object],
+    backend: Bm25Backend,
+    sizes: list[int],
+    repeats: int,
+) -> None:
+    """Whole training batches in one request: proxy vs in-process, and the proxy's peak memory."""
+    inproc: dict[tuple[str, int], float] = {}
+    for n in sizes:
+        queries = distinct_queries(items, n)
+        for name, call in [("bm25s", bm25s_call), ("backend", lambda b: backend.retrieve(b, TOP_K))]:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                call(queries)
+                times.append(time.perf_counter() - t0)
+            inproc[name, n] = statistics.median(times)
+    paths = {
+        "chunked": "proxy, default: 256-query chunks, streamed",
+        "whole": "proxy, one chunk: answer built whole",
+    }
+    proxied: dict[tuple[str, int], LargeRequest] = {}
+    for n in sizes:
+        for path in paths:  # a fresh proxy each, so one request's peak never hides in another's
+            chunk = settings.batching.max_queries if path == "chunked" else n
+            batching = settings.batching.model_copy(update={"max_queries": chunk})
+            print(f"{paths[path]}: {repeats} x {n} queries in one request ...", flush=True)
+            with start_proxy(settings.model_copy(update={"batching": batching})) as proxy:
+                proxied[path, n] = large_request(proxy.url, proxy.pid, distinct_queries(items, n), repeats)
+
+    print(f"\nlarge requests (one POST /retrieve, topk {TOP_K}, return_scores; median of {repeats} runs):\n")
     print(
-        f"{len(items)} distinct questions; corpus {settings.corpus}; bm25 {settings.bm25.model_dump()}",
-        flush=True,
+        "| queries in the request | path | seconds | queries/s | vs in-process bm25s | vs in-process backend "
+        "| answer MB | proxy RSS idle MB | peak RSS growth, 1st request MB | later requests MB | errors |"
     )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        base, own = inproc["bm25s", n], inproc["backend", n]
+        rows = [("in-process bm25s, one retrieve call", base, None), ("in-process backend", own, None)]
+        rows += [(label, proxied[path, n].seconds, proxied[path, n]) for path, label in paths.items()]
+        for label, seconds, r in rows:
+            memory = (
+                f"{r.answer_mb:.1f} | {r.rss_mb:.0f} | {r.cold_growth_mb:.1f} | {r.warm_growth_mb:.1f} | {r.errors}"
+                if r is not None
+                else " | | | | "
+            )
+            print(
+                f"| {n} | {label} | {seconds:.2f} | {n / seconds:.0f} | {base / seconds:.2f}x | "
+                f"{own / seconds:.2f}x | {memory} |"
+            )
 
-    # The proxy's own index, saved under the cache dir (built here if missing): both sides use the same one.
-    backend = Bm25Backend(
-        read_corpus(settings.corpus),
-        settings.bm25,
-        index_root=settings.cache.dir / "index",
-        fingerprint=corpus_fingerprint(settings.corpus),
-    )
-    stopwords = "en" if settings.bm25.stopwords == "en" else None
 
-    def bm25s_call(batch: list[str]) -> object:
-        tokens = bm25s.tokenize(batch, stopwords=stopwords, return_ids=False, show_progress=False)
-        return backend.retriever.retrieve(tokens, k=TOP_K, show_progress=False)
-
+def grid_part(
+    settings: ProxySettings,
+    items: list[str],
+    bm25s_call: Callable[[list[str]], object],
+    backend: Bm25Backend,
+    seconds: float,
+) -> None:
+    """Concurrent closed-loop clients with 1- and 16-query requests vs one in-process caller."""
     results: list[Stats] = []
     load_before = os.getloadavg()[0]
     for per_call in (1, 16):
-        results.append(in_process("in-process bm25s", bm25s_call, items, per_call, args.seconds))
+        results.append(in_process("in-process bm25s", bm25s_call, items, per_call, seconds))
         results.append(
-            in_process(
-                "in-process backend", lambda b: backend.retrieve(b, TOP_K), items, per_call, args.seconds
-            )
+            in_process("in-process backend", lambda b: backend.retrieve(b, TOP_K), items, per_call, seconds)
         )
     with start_proxy(settings) as proxy:
         for clients in (32, 128):
             for per_request in (1, 16):
-                results.append(
-                    asyncio.run(through_proxy(proxy.url, items, clients, per_request, args.seconds))
-                )
+                results.append(asyncio.run(through_proxy(proxy.url, items, clients, per_request, seconds)))
     load_after = os.getloadavg()[0]
 
     baseline = {s.per_call: s.qps for s in results if s.name == "in-process bm25s"}
@@ -222,6 +313,48 @@ def main() -> None:
     print(
         f"(16-query requests: median p50 {median_latency:.1f} ms, bounded below by queueing at this concurrency)"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/search/bm25_wiki.yaml")
+    parser.add_argument(
+        "--shared", default=str(ROOT.parent / "shared"), help="folder holding data/qa and data/corpus"
+    )
+    parser.add_argument("--part", choices=["all", "grid", "large"], default="all", help="which part to run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="grid: measured seconds per scenario")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[2560, 16384], help="large: queries in one request"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="large: runs per measurement (median)")
+    args = parser.parse_args()
+
+    settings = load_settings(args.config)
+    settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"mode": "off"})})
+    items = questions(Path(args.shared))
+    print(
+        f"{len(items)} distinct questions; corpus {settings.corpus}; bm25 {settings.bm25.model_dump()}",
+        flush=True,
+    )
+
+    # The proxy's own index, saved under the cache dir (built here if missing): both sides use the same one.
+    backend = Bm25Backend(
+        read_corpus(settings.corpus),
+        settings.bm25,
+        index_root=settings.cache.dir / "index",
+        fingerprint=corpus_fingerprint(settings.corpus),
+    )
+    stopwords = "en" if settings.bm25.stopwords == "en" else None
+
+    def bm25s_call(batch: list[str]) -> object:
+        tokens = bm25s.tokenize(batch, stopwords=stopwords, return_ids=False, show_progress=False)
+        return backend.retriever.retrieve(tokens, k=TOP_K, show_progress=False)
+
+    if args.part in ("all", "grid"):
+        grid_part(settings, items, bm25s_call, backend, args.seconds)
+    if args.part in ("all", "large"):
+        large_part(settings, items, bm25s_call, backend, args.sizes, args.repeats)
+    print(f"\ndone: {args.part} part(s) of the search proxy benchmark printed above (tables in Markdown)")
 
 
 if __name__ == "__main__":

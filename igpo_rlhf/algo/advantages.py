@@ -17,8 +17,8 @@ from igpo_rlhf.algo._checks import check_finite_floats, check_option, check_unit
 NORMS = ("joint", "separate")
 
 
-def group_normalize(values: Sequence[float], eps: float = 1e-6) -> list[float]:
-    """r̃ = (r - mean) / (std + eps) over one pool of a group, population std (ddof = 0).
+def group_normalize(values: Sequence[float], adv_eps: float = 1e-6) -> list[float]:
+    """r̃ = (r - mean) / (std + adv_eps) over one pool of a group, population std (ddof = 0).
 
     A pool whose values are all equal -- in particular a pool of one value -- normalises to exactly 0
     (computing mean and std in floats could leave a ~1e-11 residue instead).
@@ -28,7 +28,7 @@ def group_normalize(values: Sequence[float], eps: float = 1e-6) -> list[float]:
         return [0.0] * n
     mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
-    return [(v - mean) / (std + eps) for v in values]
+    return [(v - mean) / (std + adv_eps) for v in values]
 
 
 def discounted_sums(normalized: Sequence[float], gamma: float = 1.0) -> list[float]:
@@ -52,9 +52,9 @@ def _group_members(group_ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     return members
 
 
-def _check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps={eps!r} must be a finite number >= 0")
+def _check_eps(adv_eps: float) -> None:
+    if not (isinstance(adv_eps, (int, float)) and math.isfinite(adv_eps) and adv_eps >= 0):
+        raise ValueError(f"adv_eps={adv_eps!r} must be a finite number >= 0")
 
 
 def turn_advantages(
@@ -63,7 +63,7 @@ def turn_advantages(
     *,
     gamma: float = 1.0,
     norm: str = "joint",
-    eps: float = 1e-6,
+    adv_eps: float = 1e-6,
 ) -> list[list[float]]:
     """Turn advantages Â_{i,t} of every rollout.
 
@@ -76,7 +76,7 @@ def turn_advantages(
     """
     check_option("norm", norm, NORMS)
     check_unit_interval("gamma", gamma)
-    _check_eps(eps)
+    _check_eps(adv_eps)
     if len(turn_rewards) != len(group_ids):
         raise ValueError(
             f"turn_rewards has {len(turn_rewards)} rollouts but group_ids has {len(group_ids)}; one id per rollout"
@@ -100,20 +100,20 @@ def turn_advantages(
             outcome_slots = [(i, len(rewards[i]) - 1) for i in members]
             pools = [ig_slots, outcome_slots]
         for pool in pools:
-            pooled = group_normalize([rewards[i][t] for i, t in pool], eps)
+            pooled = group_normalize([rewards[i][t] for i, t in pool], adv_eps)
             for (i, t), value in zip(pool, pooled, strict=True):
                 normalized[i][t] = value
     return [discounted_sums(row, gamma) for row in normalized]
 
 
 def grpo_advantages(
-    outcomes: Sequence[float], group_ids: Sequence[Hashable], eps: float = 1e-6
+    outcomes: Sequence[float], group_ids: Sequence[Hashable], adv_eps: float = 1e-6
 ) -> list[float]:
-    """GRPO's advantage (r_i - mean) / (std + eps) of each rollout's outcome r_i within its group.
+    """GRPO's advantage (r_i - mean) / (std + adv_eps) of each rollout's outcome r_i within its group.
 
-    Equals `turn_advantages([[r] for r in outcomes], group_ids, eps=eps)` float for float.
+    Equals `turn_advantages([[r] for r in outcomes], group_ids, adv_eps=adv_eps)` float for float.
     """
-    _check_eps(eps)
+    _check_eps(adv_eps)
     if len(outcomes) != len(group_ids):
         raise ValueError(
             f"outcomes has {len(outcomes)} values but group_ids has {len(group_ids)}; one per rollout"
@@ -123,7 +123,7 @@ def grpo_advantages(
     values = check_finite_floats("outcomes", outcomes)
     advantages = [0.0] * len(values)
     for members in _group_members(group_ids).values():
-        for i, adv in zip(members, group_normalize([values[i] for i in members], eps), strict=True):
+        for i, adv in zip(members, group_normalize([values[i] for i in members], adv_eps), strict=True):
             advantages[i] = adv
     return advantages
 

@@ -20,7 +20,7 @@ def gae_advantages(
     mask: torch.Tensor,
     *,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    gae_lambda: float = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE advantages and critic targets, both [B, L], from rewards, values and the action mask [B, L].
 
@@ -39,7 +39,7 @@ def gae_advantages(
     """
     check_same_shape(rewards=rewards, values=values, mask=mask)
     check_unit_interval("gamma", gamma)
-    check_unit_interval("lam", lam)
+    check_unit_interval("gae_lambda", gae_lambda)
     m = mask.bool()
     check_finite_where(m, rewards=rewards, values=values)
     stray = ~m & (rewards != 0)
@@ -55,7 +55,7 @@ def gae_advantages(
     next_adv = torch.zeros_like(next_value)  # A_{k+1} per row [B]
     for j in reversed(range(v.shape[1])):
         delta = r[:, j] + gamma * next_value - v[:, j]
-        adv = delta + gamma * lam * next_adv
+        adv = delta + gamma * gae_lambda * next_adv
         is_action = m[:, j]
         advantages[:, j] = torch.where(is_action, adv, torch.zeros_like(adv))
         next_adv = torch.where(is_action, adv, next_adv)  # off the mask, carry the later action's values on

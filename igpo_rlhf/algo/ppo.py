@@ -121,7 +121,7 @@ def kl_penalty(
     log_probs: torch.Tensor,
     ref_log_probs: torch.Tensor,
     *,
-    estimator: str = "k3",
+    kl_estimator: str = "k3",
     mask: torch.Tensor | None = None,
     log_ratio_clip: float = 10.0,
 ) -> torch.Tensor:
@@ -136,7 +136,7 @@ def kl_penalty(
     False are set to log r = 0 (KL 0), so padding cannot produce NaN gradients. The trainer adds
     `kl_coef * masked_aggregate(kl, mask, agg)` to the loss.
     """
-    check_option("estimator", estimator, KL_ESTIMATORS)
+    check_option("kl_estimator", kl_estimator, KL_ESTIMATORS)
     check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs)
     if not (0.0 < log_ratio_clip < math.inf):
         raise ValueError(f"log_ratio_clip={log_ratio_clip!r} must be a finite number > 0")
@@ -145,9 +145,9 @@ def kl_penalty(
         check_same_shape(log_probs=log_probs, mask=mask)
         log_ratio = torch.where(mask.bool(), log_ratio, torch.zeros_like(log_ratio))
     log_ratio = log_ratio.clamp(-log_ratio_clip, log_ratio_clip)
-    if estimator == "k1":
+    if kl_estimator == "k1":
         return log_ratio
-    if estimator == "k2":
+    if kl_estimator == "k2":
         return log_ratio.square() / 2.0
     return torch.exp(-log_ratio) - 1.0 + log_ratio
 

@@ -66,7 +66,26 @@ def load_causal_lm(
     """The causal LM at `path` (local files only) in `dtype`, with the given attention kernel, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
+    return _from_pretrained(AutoModelForCausalLM, path, dtype, attn_implementation, trust_remote_code)
+
+
+def load_backbone(
+    path: str | Path,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """The transformer of the checkpoint at `path` without its LM head (the critic's backbone), in eval mode."""
+    from transformers import AutoModel
+
+    return _from_pretrained(AutoModel, path, dtype, attn_implementation, trust_remote_code)
+
+
+def _from_pretrained(
+    auto_class: type, path: str | Path, dtype: str, attn_implementation: str, trust_remote_code: bool
+) -> PreTrainedModel:
+    model = auto_class.from_pretrained(
         check_model_dir(path),
         dtype=torch_dtype(dtype),
         attn_implementation=attn_implementation,

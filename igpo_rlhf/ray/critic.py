@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from igpo_rlhf.algo import value_loss
-from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
-from igpo_rlhf.training.logprobs import length_batches, pad_right
+from igpo_rlhf.models.loading import load_backbone
+from igpo_rlhf.ray.deepspeed_actor import DeepSpeedActor
+from igpo_rlhf.scoring.plan import batches_within_budget
+from igpo_rlhf.training.batch import PaddedBatch
+from igpo_rlhf.training.logprobs import pad_right
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config, ModelConfig
@@ -39,15 +42,13 @@ class ValueModel(nn.Module):
         )  # shift: values[b, j] = head(h_{j-1})
 
 
-def load_value_model(path: str, model_cfg: ModelConfig, dtype: str) -> ValueModel:
-    from transformers import AutoModel
-
-    backbone = AutoModel.from_pretrained(
+def load_value_model(path: str, model_cfg: ModelConfig) -> ValueModel:
+    """The backbone of the checkpoint at `path` with a fresh (zero) value head."""
+    backbone = load_backbone(
         path,
-        dtype=DTYPES[dtype],
+        dtype=model_cfg.dtype,
         attn_implementation=model_cfg.attn_implementation,
         trust_remote_code=model_cfg.trust_remote_code,
-        local_files_only=True,
     )
     return ValueModel(backbone)
 
@@ -63,7 +64,7 @@ class CriticActor(DeepSpeedActor):
         self.token_budget = cfg.scorer.token_budget
 
         def build() -> torch.nn.Module:
-            model = load_value_model(cfg.model.critic_path or cfg.model.path, cfg.model, cfg.model.dtype)
+            model = load_value_model(cfg.model.critic_path or cfg.model.path, cfg.model)
             if cfg.model.gradient_checkpointing:
                 model.backbone.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -85,10 +86,10 @@ class CriticActor(DeepSpeedActor):
 
         `num_forwards`: run at least this many forward passes (one-token dummies after the real ones).
         Under ZeRO-3 a forward gathers parameters collectively, so every rank must run as many as the
-        busiest one; the driver passes that count (len(length_batches(...)) of each rank's share).
+        busiest one; the driver passes that count (`forward_count` of each rank's share).
         """
         out: list[torch.Tensor | None] = [None] * len(sequences)
-        batches = length_batches([len(s) for s in sequences], self.token_budget)
+        batches = batches_within_budget([len(s) for s in sequences], self.token_budget)
         for rows in batches:
             ids = pad_right([torch.tensor(sequences[i], dtype=torch.long) for i in rows], 0)  # [B, L]
             attn = pad_right([torch.ones(len(sequences[i]), dtype=torch.long) for i in rows], 0)
@@ -100,15 +101,20 @@ class CriticActor(DeepSpeedActor):
             self.engine(one, one)
         return out  # type: ignore[return-value]
 
-    def _micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        values = self.engine(batch["input_ids"], batch["attention_mask"])  # [B, L]
+    def _micro_loss(self, batch: PaddedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        values = self.engine(batch.input_ids, batch.attention_mask)  # [B, L]
         loss, stats = value_loss(
             values,
-            batch["old_values"],
-            batch["returns"],
-            batch["action_mask"],
+            batch.old_values,
+            batch.returns,
+            batch.action_mask,
             clip_eps=self.value_clip,
             agg=self.agg,
         )
         stats["value_loss"] = float(loss.detach())
         return loss, stats
+
+
+def forward_count(lengths: list[int], token_budget: int) -> int:
+    """Forward passes `CriticActor.values` runs over sequences of these lengths."""
+    return len(batches_within_budget(lengths, token_budget))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +27,11 @@ import numpy as np
 import torch
 
 from igpo_rlhf.ray.group import DistributedActor
-from igpo_rlhf.training.batch import MiniBatch, loss_weight, micro_batches, pad_experiences
+from igpo_rlhf.training.batch import MiniBatch, PaddedBatch, loss_weight, micro_batches, pad_experiences
+from igpo_rlhf.training.checkpoint import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import TrainConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def deepspeed_config(
@@ -147,7 +145,7 @@ class DeepSpeedActor(DistributedActor):
         self.engine.train()
 
     # ------------------------------------------------------------------------------------------ update
-    def _micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_loss(self, batch: PaddedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The micro-batch's loss, aggregated with `self.agg` over its own tokens, and its stats."""
         raise NotImplementedError
 
@@ -168,8 +166,7 @@ class DeepSpeedActor(DistributedActor):
                     f"one optimiser step; DeepSpeed was set up for {self.grad_accum}"
                 )
             for micro in micros:
-                padded = {k: v.to(self.device) for k, v in pad_experiences(micro).items()}
-                loss, stats = self._micro_loss(padded)
+                loss, stats = self._micro_loss(pad_experiences(micro).to(self.device))
                 weight = loss_weight(micro, batch, self.agg, self.grad_accum, self.world_size)
                 self.engine.backward(loss * weight)
                 self.engine.step()
@@ -192,19 +189,11 @@ class DeepSpeedActor(DistributedActor):
         in `path/rng_rank{r}.pt`. Collective: every rank calls it with the same path (a filesystem all
         ranks share)."""
         self.engine.save_checkpoint(path, tag="ds", save_latest=False)
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, os.path.join(path, f"rng_rank{self.rank}.pt"))
+        torch.save(capture_rng(), os.path.join(path, f"rng_rank{self.rank}.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         """Inverse of save_checkpoint (collective)."""
         load_path, _ = self.engine.load_checkpoint(path, tag="ds")
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {os.path.join(path, 'ds')}")
-        rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        restore_rng(torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False))

@@ -1,7 +1,9 @@
-"""The rollout side of a step, behind one small interface for the two engines:
+"""The rollout side of a step, behind one interface for the two engines (`Rollouts`):
 
-    generate(prompts, step) -> list[Trajectory]      n = rollout.n_samples per prompt, group_id = prompt index
-    push_weights(policy, version) -> None            after every update: θ_old for the next rollouts
+    generate(prompts, step, sampling=None) -> list[Trajectory]   n = rollout.n_samples per prompt (or
+                                                                  sampling["n_samples"]), group_id = prompt index
+    push_weights(policy, state_dict, version) -> list[ObjectRef]  after every update: θ_old for the next rollouts
+    close()                                                       kill the engines
 
 - `HFRollouts` (rollout.engine=hf, CPU or GPU): RolloutActors, each rolling out a contiguous share of the
   step's prompts; weights through the Ray object store (policy rank 0's state dict, resolved by Ray).
@@ -12,8 +14,7 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
@@ -22,19 +23,22 @@ from igpo_rlhf.ray.placement import RolePlacement
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
 
 if TYPE_CHECKING:
-    from igpo_rlhf.config import Config, SearchConfig
+    from igpo_rlhf.config import Config
 
 
-def search_token(search_cfg: SearchConfig) -> str | None:
-    """The proxy's bearer token from the environment variable `search.token_env` names (None: no auth)."""
-    if search_cfg.token_env is None:
-        return None
-    token = os.environ.get(search_cfg.token_env)
-    if not token:
-        raise ValueError(
-            f"search.token_env={search_cfg.token_env!r} but that environment variable is not set"
-        )
-    return token
+class Rollouts(Protocol):
+    """What the trainer needs from the generator side of a run."""
+
+    parallelism: int  # rollouts generated concurrently (to turn summed per-rollout times into wall time)
+
+    def ready(self) -> list[ray.ObjectRef]: ...
+    def generate(
+        self, prompts: list[PromptItem], step: int, sampling: dict[str, Any] | None = None
+    ) -> list[Trajectory]: ...
+    def push_weights(
+        self, policy: ActorGroup, state_dict: ray.ObjectRef, version: int
+    ) -> list[ray.ObjectRef]: ...
+    def close(self) -> None: ...
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -52,49 +56,46 @@ class HFRollouts:
         self.group = ActorGroup(
             RolloutActor,
             placement,
-            init_args=(cfg.model.path, cfg.rollout, search_url),
-            init_kwargs={
-                "answer_probe": cfg.algorithm.answer_probe,
-                "device": "cuda" if placement.num_gpus > 0 else "cpu",
-                "dtype": cfg.model.dtype,
-                "seed": cfg.train.seed,
-                "search_timeout_s": cfg.search.timeout_s,
-                "search_retries": cfg.search.retries,
-                "search_token": search_token(cfg.search),
-                "trust_remote_code": cfg.model.trust_remote_code,
-            },
+            init_args=(cfg, search_url),
+            init_kwargs={"device": "cuda" if placement.num_gpus > 0 else "cpu"},
         )
+        self.parallelism = len(self.group)
 
     def ready(self) -> list[ray.ObjectRef]:
         return self.group.call_async("weights_version")
 
-    def generate(self, prompts: list[PromptItem], step: int) -> list[Trajectory]:
+    def generate(
+        self, prompts: list[PromptItem], step: int, sampling: dict[str, Any] | None = None
+    ) -> list[Trajectory]:
         """Each actor rolls out a contiguous chunk; group ids count from the chunk's offset in the step."""
         chunks = _split(len(prompts), len(self.group))
         refs = [
-            actor.generate.remote(prompts[a:b], step, group_offset=a)
+            actor.generate.remote(prompts[a:b], step, group_offset=a, sampling=sampling)
             for actor, (a, b) in zip(self.group.actors, chunks, strict=False)
         ]
         return [traj for part in ray.get(refs) for traj in part]
 
-    def push_weights(self, state_dict_ref: ray.ObjectRef, version: int) -> list[ray.ObjectRef]:
+    def push_weights(
+        self, policy: ActorGroup, state_dict: ray.ObjectRef, version: int
+    ) -> list[ray.ObjectRef]:
         """Every actor loads the policy's state dict (Ray resolves the ref in the actor)."""
-        return [a.update_weights.remote(state_dict_ref, version) for a in self.group.actors]
+        return [a.update_weights.remote(state_dict, version) for a in self.group.actors]
 
     def weights_versions(self) -> list[int]:
         return self.group.call("weights_version")
 
-    @property
-    def parallelism(self) -> int:
-        return len(self.group)
+    def close(self) -> None:
+        self.group.kill()
 
 
 class VLLMRollouts:
     """vLLM engine actors + the agent loop in the driver (GPU only)."""
 
+    parallelism = 1  # the driver's loop generates every rollout of a step together
+
     def __init__(self, cfg: Config, search_url: str, tokenizer: Any, protocol: Any) -> None:
         from igpo_rlhf.rollout import vllm_engine
-        from services.search_proxy.client import SearchClient
+        from igpo_rlhf.rollout.searcher import ProxySearcher
 
         v = cfg.rollout.vllm
         self.cfg = cfg
@@ -111,41 +112,44 @@ class VLLMRollouts:
         self.engine = vllm_engine.VLLMEngine(self.engines)
         self.tokenizer = tokenizer
         self.protocol = protocol
-        kwargs: dict[str, Any] = {"timeout": cfg.search.timeout_s, "retries": cfg.search.retries}
-        token = search_token(cfg.search)
-        if token is not None:
-            kwargs["token"] = token
-        self.search = SearchClient(search_url, **kwargs)
+        self.search = ProxySearcher.from_config(search_url, cfg.search)
         self.version = 0
 
     def ready(self) -> list[ray.ObjectRef]:
         return []
 
-    def generate(self, prompts: list[PromptItem], step: int) -> list[Trajectory]:
+    def generate(
+        self, prompts: list[PromptItem], step: int, sampling: dict[str, Any] | None = None
+    ) -> list[Trajectory]:
         from igpo_rlhf.rollout.agent_loop import call_seed, rollouts_for_config
 
+        rollout_cfg = self.cfg.rollout.model_copy(update=sampling) if sampling else self.cfg.rollout
         return rollouts_for_config(
             self.engine,
             self.tokenizer,
             self.protocol,
             self.search,
             prompts,
-            self.cfg.rollout,
+            rollout_cfg,
             seed=call_seed(self.cfg.train.seed, step, 0),
             weights_version=self.version,
         )
 
-    def broadcast_from(self, policy: ActorGroup, version: int) -> None:
-        """NCCL broadcast from the policy's rank 0 (collective over the policy group), then drop the
-        engines' prefix caches, which hold KV of the old weights."""
+    def push_weights(
+        self, policy: ActorGroup, state_dict: ray.ObjectRef, version: int
+    ) -> list[ray.ObjectRef]:
+        """NCCL broadcast from the policy's rank 0 (collective over the policy group; the state dict in the
+        object store is not used), then drop the engines' prefix caches, which hold KV of the old weights."""
         v = self.cfg.rollout.vllm
         policy.call("broadcast_to_vllm", self.engines, v.tensor_parallel_size, v.sync_backend)
         self.engine.reset_prefix_cache()
         self.version = version
+        return []
 
     def weights_versions(self) -> list[int]:
         return [self.version]
 
-    @property
-    def parallelism(self) -> int:
-        return 1
+    def close(self) -> None:
+        for engine in self.engines:
+            ray.kill(engine)
+        self.engines = []

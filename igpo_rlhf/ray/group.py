@@ -1,9 +1,11 @@
 """A role's actors and how work is spread across them (OpenRLHF's RayActorGroup, thinner).
 
-`ActorGroup` creates the actors of one role on their placement (see placement.py) and dispatches:
-- `call(method, ...)`: the same call on every actor (init, save, load, ...);
-- `dispatch(method, lengths, per_item, ...)`: a list of items split across the actors with balanced
-  token counts (OpenRLHF's `get_seqlen_balanced_partitions`), each actor getting its share.
+`ActorGroup` creates the actors of one role on their placement (see placement.py), every actor class the
+same way (a plain class made remote here), and dispatches:
+- `call(method, ...)` / `call_async`: the same call on every actor (init, save, load, ...);
+- `dispatch_async(method, lengths, per_item, ...)`: a list of items split across the actors with balanced
+  token counts (OpenRLHF's `get_seqlen_balanced_partitions`), each actor getting its share; the returned
+  `Dispatched` puts the actors' results back into item order.
 
 Roles whose actors form one torch.distributed group (policy, critic: DeepSpeed data parallel) derive
 from `DistributedActor`, which sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK per actor the way
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -49,9 +52,29 @@ class DistributedActor:
         return self.master_addr, self.master_port
 
 
+@dataclass
+class Dispatched:
+    """Work spread over a role's actors: the item indices each actor got, and its pending result."""
+
+    parts: list[list[int]]  # parts[k]: indices of the items actor k got
+    refs: list[ray.ObjectRef]  # refs[k]: actor k's result, a list with one entry per item of parts[k]
+
+    def gather(self, n: int, per_item: Callable[[Any], list[Any]] = list) -> list[Any]:
+        """The actors' results in item order (n items in all); `per_item` turns one actor's result into
+        its list of per-item values (default: the result is that list)."""
+        result: list[Any] = [None] * n
+        for part, out in zip(self.parts, [per_item(r) for r in ray.get(self.refs)], strict=True):
+            if len(out) != len(part):
+                raise RuntimeError(f"an actor returned {len(out)} results for {len(part)} items")
+            for i, value in zip(part, out, strict=True):
+                result[i] = value
+        return result
+
+
 class ActorGroup:
-    """The actors of one role. `distributed=True`: the actor class derives from DistributedActor and
-    its constructor takes (world_size, rank, master_addr, master_port) before `init_args`."""
+    """The actors of one role, from a plain class (`ray.remote` is applied here). `distributed=True`: the
+    class derives from DistributedActor and its constructor takes (world_size, rank, master_addr,
+    master_port) before `init_args`."""
 
     def __init__(
         self,
@@ -61,33 +84,22 @@ class ActorGroup:
         distributed: bool = False,
         init_args: Sequence[Any] = (),
         init_kwargs: dict[str, Any] | None = None,
-        actor_kwargs: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        """`actor_kwargs[k]`: extra constructor keyword arguments of actor k only (e.g. its seed)."""
         self.role = placement.role
-        # A class already decorated with @ray.remote (e.g. BeliefScorerActor) is used as it is.
-        remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
-        init_kwargs = dict(init_kwargs or {})
+        remote_cls = ray.remote(actor_cls)
+        kwargs = dict(init_kwargs or {})
         n = placement.num_actors
-        per_actor = list(actor_kwargs) if actor_kwargs is not None else [{} for _ in range(n)]
-        if len(per_actor) != n:
-            raise ValueError(f"actor_kwargs has {len(per_actor)} entries for {n} {self.role} actors")
         self.actors: list[Any] = []
         if distributed:
-            master = remote_cls.options(**placement.options(0)).remote(
-                n, 0, None, None, *init_args, **init_kwargs, **per_actor[0]
-            )
+            master = remote_cls.options(**placement.options(0)).remote(n, 0, None, None, *init_args, **kwargs)
             addr, port = ray.get(master.master_address.remote())
             self.actors = [master] + [
-                remote_cls.options(**placement.options(k)).remote(
-                    n, k, addr, port, *init_args, **init_kwargs, **per_actor[k]
-                )
+                remote_cls.options(**placement.options(k)).remote(n, k, addr, port, *init_args, **kwargs)
                 for k in range(1, n)
             ]
         else:
             self.actors = [
-                remote_cls.options(**placement.options(k)).remote(*init_args, **init_kwargs, **per_actor[k])
-                for k in range(n)
+                remote_cls.options(**placement.options(k)).remote(*init_args, **kwargs) for k in range(n)
             ]
 
     def __len__(self) -> int:
@@ -112,11 +124,11 @@ class ActorGroup:
 
     def dispatch_async(
         self, method: str, lengths: Sequence[int], per_item: dict[str, Sequence[Any]], **shared: Any
-    ) -> tuple[list[list[int]], list[ray.ObjectRef]]:
+    ) -> Dispatched:
         """Split the items across the actors by token count and call `method` on each share.
 
         `per_item[name][i]` is item i's value of argument `name`; each actor gets the sub-lists of its
-        items, plus the `shared` keyword arguments. Returns (item indices per actor, object refs).
+        items, plus the `shared` keyword arguments.
         """
         for name, values in per_item.items():
             if len(values) != len(lengths):
@@ -126,14 +138,7 @@ class ActorGroup:
             getattr(actor, method).remote(**{n: [v[i] for i in part] for n, v in per_item.items()}, **shared)
             for actor, part in zip(self.actors, parts, strict=False)
         ]
-        return parts, refs
-
-    def dispatch(
-        self, method: str, lengths: Sequence[int], per_item: dict[str, Sequence[Any]], **shared: Any
-    ) -> list[tuple[list[int], Any]]:
-        """`dispatch_async`, waited for: [(item indices, that actor's result)]."""
-        parts, refs = self.dispatch_async(method, lengths, per_item, **shared)
-        return list(zip(parts, ray.get(refs), strict=True))
+        return Dispatched(parts, refs)
 
     def kill(self) -> None:
         for actor in self.actors:

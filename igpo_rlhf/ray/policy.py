@@ -18,24 +18,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
-from igpo_rlhf.ray.deepspeed_actor import DTYPES, DeepSpeedActor
+from igpo_rlhf.models.loading import load_causal_lm
+from igpo_rlhf.ray.deepspeed_actor import DeepSpeedActor
+from igpo_rlhf.training.batch import PaddedBatch
 from igpo_rlhf.training.logprobs import token_entropy, token_log_probs
 
 if TYPE_CHECKING:
-    from igpo_rlhf.config import Config, ModelConfig
-
-
-def load_causal_lm(path: str, model_cfg: ModelConfig, dtype: str) -> torch.nn.Module:
-    """The HF causal LM at `path` (local files only) in `dtype`, with the configured attention kernel."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=DTYPES[dtype],
-        attn_implementation=model_cfg.attn_implementation,
-        trust_remote_code=model_cfg.trust_remote_code,
-        local_files_only=True,
-    )
+    from igpo_rlhf.config import Config
 
 
 class PolicyActor(DeepSpeedActor):
@@ -54,7 +43,12 @@ class PolicyActor(DeepSpeedActor):
         self._vllm_group: Any = None
 
         def build() -> torch.nn.Module:
-            model = load_causal_lm(cfg.model.path, cfg.model, cfg.model.dtype)
+            model = load_causal_lm(
+                cfg.model.path,
+                dtype=cfg.model.dtype,
+                attn_implementation=cfg.model.attn_implementation,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
             if cfg.model.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -72,21 +66,21 @@ class PolicyActor(DeepSpeedActor):
             p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.engine.module.parameters()
         )
 
-    def _micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_loss(self, batch: PaddedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.engine(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).logits  # [B, L, V]
-        log_probs = token_log_probs(logits, batch["input_ids"], temperature=self.temperature)  # [B, L]
-        mask = batch["action_mask"]
+        log_probs = token_log_probs(logits, batch.input_ids, temperature=self.temperature)  # [B, L]
+        mask = batch.action_mask
         if self.entropy_coef > 0:
-            entropy = token_entropy(logits, batch["input_ids"], temperature=self.temperature)
+            entropy = token_entropy(logits, batch.input_ids, temperature=self.temperature)
         else:
             with torch.no_grad():  # a metric only
-                entropy = token_entropy(logits, batch["input_ids"], temperature=self.temperature)
+                entropy = token_entropy(logits, batch.input_ids, temperature=self.temperature)
         loss, stats = policy_loss(
             log_probs,
-            batch["old_log_probs"],
-            batch["advantages"],
+            batch.old_log_probs,
+            batch.advantages,
             mask,
             clip_eps_low=self.clip_eps_low,
             clip_eps_high=self.clip_eps_high,
@@ -96,9 +90,9 @@ class PolicyActor(DeepSpeedActor):
             entropy_coef=self.entropy_coef,
         )
         stats["pg_loss"] = float(loss.detach())
-        if "ref_log_probs" in batch:
+        if batch.ref_log_probs is not None:
             kl = kl_penalty(
-                log_probs, batch["ref_log_probs"], estimator=self.kl_estimator, mask=mask
+                log_probs, batch.ref_log_probs, kl_estimator=self.kl_estimator, mask=mask
             )  # [B, L]
             kl_loss = masked_aggregate(kl, mask, self.agg)
             stats["kl"] = float(kl_loss.detach())

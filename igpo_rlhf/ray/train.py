@@ -47,26 +47,16 @@ def start_ray(cfg: Config) -> bool:
 
 
 def prepare(cfg: Config, *, resume: bool = False) -> list[PromptItem]:
-    """Every check of the run's inputs, before anything starts: cross-section config constraints, the
-    run directory (checkpoints there need --resume), the model directory, and the training questions (a
-    bad row is a ValueError naming file and row). `world:` entries render the built-in world first,
-    before the proxy serves its corpus."""
+    """Every check of the run's inputs, before anything starts: the run directory (checkpoints there need
+    --resume), the model directory, and the training questions (a bad row is a ValueError naming file and
+    row). `world:` entries render the built-in world first, before the proxy serves its corpus. (The
+    config's cross-section constraints were checked when it was loaded.)"""
     from igpo_rlhf.data.datasets import load_questions
-    from igpo_rlhf.ray.trainer import check_run_config
-    from igpo_rlhf.training.checkpoint import CheckpointManager
+    from igpo_rlhf.models.loading import check_model_dir
+    from igpo_rlhf.training.checkpoint import check_run_dir
 
-    check_run_config(cfg)
-    checkpoints = CheckpointManager(cfg.logging.run_dir, cfg.checkpoint.keep_last)
-    if not resume and checkpoints.latest() is not None:
-        raise ConfigError(
-            f"{checkpoints.root} already holds checkpoints; pass --resume to continue that run, --overwrite to "
-            "start over, or choose another logging.run_dir"
-        )
-    if not (Path(cfg.model.path) / "config.json").is_file():
-        raise ConfigError(
-            f"model.path={cfg.model.path!r} is not a Hugging Face checkpoint directory (no config.json); "
-            "for the demo build one with `igpo make-tiny-model DIR`"
-        )
+    check_run_dir(cfg.logging.run_dir, resume=resume)
+    check_model_dir(cfg.model.path)
     return load_questions(
         cfg.data.train, format=cfg.data.format, max_samples=cfg.data.max_train_samples, world=cfg.data.world
     )

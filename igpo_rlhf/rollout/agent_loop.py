@@ -12,7 +12,7 @@ then each search turn gets its observation appended. A rollout ends (its `finish
     max_turns   turn `max_turns` is a search: cut off, its search is not run, no observation
 
 checked in this order. Only "answer" has an answer; the others get the format penalty as outcome and keep
-their IG rewards (DESIGN.md "Turn rewards"). A failing search (`SearchError`) gives every rollout of that
+their IG rewards (DESIGN.md "Turn rewards"). A failing search (`SearchFailed`) gives every rollout of that
 request an error observation and the rollouts continue.
 
 Budgets: turn t may sample min(max_new_tokens, max_total_tokens - tokens so far) tokens; observations are
@@ -31,7 +31,6 @@ import numpy as np
 from igpo_rlhf.rollout.engine import Engine
 from igpo_rlhf.rollout.protocols import Action, AgentProtocol
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
-from services.search_proxy.client import SearchError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,8 +38,13 @@ if TYPE_CHECKING:
     from igpo_rlhf.config import RolloutConfig
 
 
+class SearchFailed(RuntimeError):
+    """A search request failed (service down, timeout, error answer); the message says why."""
+
+
 class Searcher(Protocol):
-    """What the loop needs from a search client (`services.search_proxy.client.SearchClient`)."""
+    """What the loop needs from a search client (`igpo_rlhf.rollout.searcher.ProxySearcher` over HTTP):
+    one hit list per query, best first (hits: dicts with id, title, text, score), or `SearchFailed`."""
 
     def search(self, queries: list[str], top_k: int) -> list[list[dict[str, Any]]]: ...
 
@@ -103,7 +107,7 @@ def run_rollouts(
     """Rolls out every prompt `n_samples` times; trajectories ordered by (group_id, sample_id).
 
     `search_client.search(queries, top_k) -> list[list[hit]]` (hits: dicts with id, title, text, score)
-    raising `SearchError` on failure. Trajectory `generate_seconds` / `search_seconds` are each rollout's
+    raising `SearchFailed` on failure. Trajectory `generate_seconds` / `search_seconds` are each rollout's
     even share of the batched calls it took part in, so they sum over a step to the step's wall times.
     """
     _check_positive(
@@ -268,7 +272,7 @@ def _search_and_observe(
                 None,
                 f"the search service returned {got} result lists for {len(queries)} queries",
             )
-    except SearchError as exc:
+    except SearchFailed as exc:
         results, error = None, str(exc) or type(exc).__name__
     share = (time.perf_counter() - t0) / len(searching)
     k = 0

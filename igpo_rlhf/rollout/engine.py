@@ -203,22 +203,3 @@ class HFEngine:
                 n, finish = min(max_new_tokens[r], len(out[r])), "length"
             results.append(Generation(token_ids=out[r][:n], finish=finish))
         return results
-
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Copies a full state dict (the policy's) into the model; names and shapes must match exactly."""
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"state_dict does not match the rollout model: missing {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                f"{' ...' if len(unexpected) > 5 else ''}"
-            )
-        for name, tensor in state_dict.items():
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                raise ValueError(
-                    f"state_dict[{name!r}] has shape {tuple(tensor.shape)}; the rollout model has "
-                    f"{tuple(own[name].shape)}"
-                )
-        self.model.load_state_dict(state_dict, strict=True)

@@ -16,7 +16,7 @@ and the outcome is r_{i,T}.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from igpo_rlhf.rollout.protocols import Action
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 FinishReason = Literal["answer", "invalid", "max_turns", "max_length", "eos"]
-FINISH_REASONS = ("answer", "invalid", "max_turns", "max_length", "eos")
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,10 @@ class Trajectory:
                 cursor = o_end
         if cursor != n:
             raise ValueError(f"{who}: spans end at {cursor} but there are {n} token ids")
-        if self.finish_reason not in FINISH_REASONS:
-            raise ValueError(f"{who}: finish_reason={self.finish_reason!r}; accepted: {FINISH_REASONS}")
+        if self.finish_reason not in get_args(FinishReason):
+            raise ValueError(
+                f"{who}: finish_reason={self.finish_reason!r}; accepted: {get_args(FinishReason)}"
+            )
         if (self.finish_reason == "answer") != (self.answer is not None):
             raise ValueError(f"{who}: finish_reason={self.finish_reason!r} with answer={self.answer!r}")
 

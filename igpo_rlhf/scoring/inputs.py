@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-ALIAS_REDUCTIONS = ("first", "max")
+from igpo_rlhf.algo.belief import ALIAS_REDUCTIONS
 
 # One trajectory's token ids (or an action mask): a list of ints or a 1-D integer tensor.
 TokenIds = Sequence[int] | torch.Tensor

@@ -49,8 +49,7 @@ class ProbeRound:
     block_start: torch.Tensor  # [B, Q] first query index of each query's block (itself on padding)
     answer_rows: torch.Tensor  # [N] row of each query whose next-token prediction is an answer token
     answer_cols: torch.Tensor  # [N] its query index
-    answer_ids: torch.Tensor  # [N] the answer token it predicts
-    answer_block: torch.Tensor  # [N] index into `blocks`
+    answer_ids: torch.Tensor  # [N] the answer token it predicts; block after block, in `blocks` order
 
 
 def probe_rounds(
@@ -84,7 +83,7 @@ def _lay_out(taken: list[list[ProbeBlock]], probe_ids: Sequence[int]) -> ProbeRo
     cache_limit = torch.zeros(n_rows, width, dtype=torch.long)
     block_start = torch.arange(width).repeat(n_rows, 1)  # padding sees only itself
     blocks: list[ProbeBlock] = []
-    answer_rows, answer_cols, answer_ids, answer_block = [], [], [], []
+    answer_rows, answer_cols, answer_ids = [], [], []
     for b, row in enumerate(taken):
         start = 0
         for block in row:
@@ -98,7 +97,6 @@ def _lay_out(taken: list[list[ProbeBlock]], probe_ids: Sequence[int]) -> ProbeRo
             answer_rows += [b] * len(block.answer)
             answer_cols += range(first, first + len(block.answer))
             answer_ids += block.answer
-            answer_block += [len(blocks)] * len(block.answer)
             blocks.append(block)
             start = end
     return ProbeRound(
@@ -110,5 +108,4 @@ def _lay_out(taken: list[list[ProbeBlock]], probe_ids: Sequence[int]) -> ProbeRo
         answer_rows=torch.tensor(answer_rows, dtype=torch.long),
         answer_cols=torch.tensor(answer_cols, dtype=torch.long),
         answer_ids=torch.tensor(answer_ids, dtype=torch.long),
-        answer_block=torch.tensor(answer_block, dtype=torch.long),
     )

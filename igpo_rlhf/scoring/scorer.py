@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from igpo_rlhf.algo.belief import log_belief, reduce_aliases
 from igpo_rlhf.scoring.inputs import CheckedTrajectory, TokenIds, check_inputs
 from igpo_rlhf.scoring.masks import block_attention_mask
 from igpo_rlhf.scoring.plan import ProbeBlock, ProbeRound, batches_within_budget, probe_rounds
@@ -119,6 +120,39 @@ def score_beliefs(
     ).beliefs
 
 
+def score_token_log_probs(
+    model: PreTrainedModel,
+    sequences: Sequence[TokenIds],
+    *,
+    action_masks: Sequence[TokenIds] | None = None,
+    temperature: float = 1.0,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    logits_chunk: int = DEFAULT_LOGITS_CHUNK,
+) -> list[torch.Tensor]:
+    """Token log-probs only (the reference's KL pass): float32 [len(sequences[i])] each, entry j =
+    log π(seq[j] | seq[:j]) at temperature `temperature`, 0 at j = 0 and where the action mask is 0.
+
+    The trajectory pass of `score_trajectories` without probe blocks: hidden states are projected to the
+    vocabulary only at the wanted positions, `logits_chunk` rows at a time, so no [B, L, V] logits tensor
+    exists (at a 152k vocabulary that tensor alone is tens of GB for a paper-scale batch).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    return _score(
+        model,
+        sequences,
+        [[] for _ in sequences],
+        [],
+        None,
+        action_masks=action_masks,
+        alias_reduce="max",
+        temperature=temperature,
+        token_budget=token_budget,
+        logits_chunk=logits_chunk,
+        with_token_log_probs=True,
+    ).token_log_probs
+
+
 def _score(
     model: PreTrainedModel,
     sequences: Sequence[TokenIds],
@@ -146,7 +180,8 @@ def _score(
         vocab_size=model.get_input_embeddings().num_embeddings,
         alias_reduce=alias_reduce,
     )
-    beliefs = [[float("-inf")] * len(t.points) for t in trajectories]
+    # per trajectory and belief point: log b of each alias scored so far (reduced over aliases at the end)
+    alias_beliefs: list[list[list[float]]] = [[[] for _ in t.points] for t in trajectories]
     token_log_probs = [torch.zeros(len(t.ids), dtype=torch.float32) for t in trajectories]
 
     # How far each trajectory must be run: to its last belief point, and to its second-to-last token (whose
@@ -165,7 +200,7 @@ def _score(
                     [trajectories[i] for i in rows],
                     [run_lengths[i] for i in rows],
                     probe,
-                    beliefs=[beliefs[i] for i in rows],
+                    alias_beliefs=[alias_beliefs[i] for i in rows],
                     token_log_probs=[token_log_probs[i] for i in rows] if with_token_log_probs else None,
                     temperature=temperature,
                     token_budget=token_budget,
@@ -173,6 +208,7 @@ def _score(
                 )
     finally:
         model.train(was_training)
+    beliefs = [[reduce_aliases(values, alias_reduce) for values in per_point] for per_point in alias_beliefs]
     return ScoreResult(beliefs=beliefs, token_log_probs=token_log_probs if with_token_log_probs else [])
 
 
@@ -207,7 +243,7 @@ def _score_batch(
     run_lengths: list[int],
     probe: list[int],
     *,
-    beliefs: list[list[float]],
+    alias_beliefs: list[list[list[float]]],
     token_log_probs: list[torch.Tensor] | None,
     temperature: float,
     token_budget: int,
@@ -235,7 +271,7 @@ def _score_batch(
     for probe_round in probe_rounds(
         rows_of_blocks, probe, row_budget=max(1, token_budget // len(trajectories))
     ):
-        _probe_pass(decoder, lm_head, cache, probe_round, beliefs, logits_chunk)
+        _probe_pass(decoder, lm_head, cache, probe_round, alias_beliefs, logits_chunk)
 
 
 def _trajectory_pass(
@@ -302,11 +338,11 @@ def _probe_pass(
     lm_head: nn.Module,
     cache: DynamicCache,
     probe_round: ProbeRound,
-    beliefs: list[list[float]],
+    alias_beliefs: list[list[list[float]]],
     logits_chunk: int,
 ) -> None:
-    """The round's probe blocks in one forward against the trajectory cache [B, *, W, *]; updates beliefs in place
-    (each belief point keeps its best alias: every alias of a point has its own block)."""
+    """The round's probe blocks in one forward against the trajectory cache [B, *, W, *]; appends each block's
+    log b (its alias's mean answer-token log-prob) to alias_beliefs[row][point] (every alias has its own block)."""
     device, dtype = lm_head.weight.device, lm_head.weight.dtype
     width = cache.get_seq_length()
     mask = block_attention_mask(
@@ -327,11 +363,10 @@ def _probe_pass(
         1.0,  # beliefs are the policy's own probabilities
         logits_chunk,
     ).cpu()  # [N] log π(a_j | ids[:p], probe, a_<j)
-    sums = torch.zeros(len(probe_round.blocks), dtype=torch.float32)
-    sums.index_add_(0, probe_round.answer_block, answer_log_probs)
-    for block, total in zip(probe_round.blocks, sums.tolist(), strict=True):
-        log_b = total / len(block.answer)  # log b: mean token log-prob of this alias
-        beliefs[block.row][block.point] = max(beliefs[block.row][block.point], log_b)
+    # answer tokens are laid out block after block, so each block's log-probs are one contiguous slice
+    per_block = answer_log_probs.split([len(block.answer) for block in probe_round.blocks])
+    for block, log_probs in zip(probe_round.blocks, per_block, strict=True):
+        alias_beliefs[block.row][block.point].append(log_belief(log_probs))
 
 
 def _log_probs(

@@ -8,7 +8,7 @@ own longest row.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -53,22 +53,42 @@ class MiniBatch:
     total_sequences: int  # rollouts with at least one action token in the mini-batch, all ranks
 
 
-def pad_experiences(exps: list[Experience]) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch: every field [B, L_max], plus attention_mask [B, L_max] (1 on real tokens)."""
-    out = {
-        "input_ids": pad_right([e.input_ids for e in exps], 0),
-        "attention_mask": pad_right([torch.ones(e.num_tokens, dtype=torch.long) for e in exps], 0),
-        "action_mask": pad_right([e.action_mask for e in exps], False),
-        "old_log_probs": pad_right([e.old_log_probs for e in exps], 0.0),
-        "advantages": pad_right([e.advantages for e in exps], 0.0),
-    }
+@dataclass(eq=False)
+class PaddedBatch:
+    """A micro-batch right-padded to its longest row: every field [B, L_max] (padding: 0 / False)."""
+
+    input_ids: torch.Tensor  # [B, L] int64
+    attention_mask: torch.Tensor  # [B, L] int64, 1 on real tokens
+    action_mask: torch.Tensor  # [B, L] bool
+    old_log_probs: torch.Tensor  # [B, L] float32
+    advantages: torch.Tensor  # [B, L] float32
+    ref_log_probs: torch.Tensor | None = None  # [B, L] float32 (KL on)
+    old_values: torch.Tensor | None = None  # [B, L] float32 (ppo)
+    returns: torch.Tensor | None = None  # [B, L] float32 (ppo)
+
+    def to(self, device: torch.device | str) -> PaddedBatch:
+        """The same batch with every tensor on `device`."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PaddedBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+
+
+def pad_experiences(exps: list[Experience]) -> PaddedBatch:
+    """Right-pad a micro-batch; an optional field is padded when every row has it (an error if only some do)."""
+    optional = {}
     for name in ("ref_log_probs", "old_values", "returns"):
         values = [getattr(e, name) for e in exps]
         if all(v is not None for v in values):
-            out[name] = pad_right(values, 0.0)
+            optional[name] = pad_right(values, 0.0)
         elif any(v is not None for v in values):
             raise ValueError(f"Experience.{name} is set on some rows of the micro-batch but not on all")
-    return out
+    return PaddedBatch(
+        input_ids=pad_right([e.input_ids for e in exps], 0),
+        attention_mask=pad_right([torch.ones(e.num_tokens, dtype=torch.long) for e in exps], 0),
+        action_mask=pad_right([e.action_mask for e in exps], False),
+        old_log_probs=pad_right([e.old_log_probs for e in exps], 0.0),
+        advantages=pad_right([e.advantages for e in exps], 0.0),
+        **optional,
+    )
 
 
 def micro_batches(exps: list[Experience], micro_batch_size: int) -> list[list[Experience]]:

@@ -32,14 +32,30 @@ def step_dir_name(step: int) -> str:
 
 
 def capture_rng() -> dict[str, Any]:
-    """The driver process's RNG states (python, numpy, torch)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states (python, numpy, torch, and CUDA when present)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool) -> None:
+    """A run directory holding checkpoints is continued only with --resume (ValueError saying what to do)."""
+    root = Path(run_dir) / "checkpoints"
+    if not resume and CheckpointManager(run_dir, keep_last=1).latest() is not None:
+        raise ValueError(
+            f"{root} already holds checkpoints; pass --resume to continue that run, --overwrite to start over, "
+            "or choose another logging.run_dir"
+        )
 
 
 def _fsync_tree(root: Path) -> None:

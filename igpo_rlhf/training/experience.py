@@ -9,7 +9,12 @@ For every rollout i of a step (DESIGN.md "IGPO, precisely"):
     grpo      turn rewards [r_{i,T_i}] alone → Â_i = (r - mean) / (std + ε) in the group, on every turn
     ppo       reward r_{i,T_i} on the last action token, critic values → GAE over action tokens
 
-The math is igpo_rlhf.algo; this module only wires trajectories to it, checking the counts.
+The math is igpo_rlhf.algo; this module only wires trajectories to it, checking the counts. The trainer's
+step reads it top to bottom:
+
+    outcomes    = score_outcomes(trajectories, algo)                    r_{i,T_i}, F1, EM
+    credit      = assign_credit(trajectories, outcomes, scores, algo)   r_{i,t}, Â_{i,t}, per-token Â
+    experiences = make_experiences(trajectories, scores, credit)        what the policy trains on
 """
 
 from __future__ import annotations
@@ -22,13 +27,32 @@ import torch
 
 from igpo_rlhf.algo import gae_advantages, info_gain_rewards, token_advantages, turn_advantages
 from igpo_rlhf.rewards import exact_match, f1_score, outcome_reward
+from igpo_rlhf.training.batch import Experience
 from igpo_rlhf.training.logprobs import pad_right
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import AlgorithmConfig
     from igpo_rlhf.rollout.trajectory import Trajectory
 
-ESTIMATORS = ("igpo", "grpo", "ppo")
+
+@dataclass
+class Scores:
+    """What the scoring phase measured, one entry per trajectory (in the step's order)."""
+
+    old_log_probs: list[torch.Tensor]  # [L_i] float32: log π_θold(tok_j | tok_<j), 0 off the action mask
+    beliefs: list[list[float]] | None = None  # [T_i]: log b_{i,0..T_i-1} (estimator=igpo)
+    ref_log_probs: list[torch.Tensor] | None = None  # [L_i] float32: log π_ref (kl_coef > 0)
+    values: list[torch.Tensor] | None = None  # [L_i] float32: V(s_j) before the update (estimator=ppo)
+
+
+@dataclass
+class Credit:
+    """Rewards and advantages of a step's rollouts, one entry per trajectory."""
+
+    turn_rewards: list[list[float]]  # igpo: [r_{i,1..T_i-1} (IG), r_{i,T_i}]; grpo and ppo: [r_{i,T_i}]
+    turn_advantages: list[list[float]]  # [T_i]: Â_{i,t} (ppo: the mean GAE advantage of the turn's tokens)
+    token_advantages: list[torch.Tensor]  # [L_i] float32: the advantage of every token, 0 off the turns
+    returns: list[torch.Tensor] | None = None  # [L_i] float32: GAE targets (ppo)
 
 
 @dataclass
@@ -99,14 +123,14 @@ def turn_level_advantages(
     *,
     gamma: float,
     norm: str,
-    eps: float,
+    adv_eps: float,
 ) -> list[list[float]]:
     """Â_{i,t} for t = 1..T_i of every rollout.
 
     igpo (T_i rewards each): `turn_advantages` (group-normalised, discounted). grpo (one reward each):
     the group-normalised outcome advantage, the same on every one of the rollout's T_i turns.
     """
-    advs = turn_advantages(rewards, group_ids, gamma=gamma, norm=norm, eps=eps)
+    advs = turn_advantages(rewards, group_ids, gamma=gamma, norm=norm, adv_eps=adv_eps)
     out = []
     for i, (a, t) in enumerate(zip(advs, num_turns, strict=True)):
         if len(a) == t:
@@ -134,7 +158,7 @@ def ppo_advantages(
     action_masks: Sequence[torch.Tensor],
     *,
     gamma: float,
-    lam: float,
+    gae_lambda: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """GAE advantages and returns, one [L_i] row each: the outcome r_{i,T_i} is the reward of the last
     action token, values V(s_j) come from the critic before the update."""
@@ -152,8 +176,59 @@ def ppo_advantages(
         pad_right([v.float() for v in values], 0.0),
         pad_right([m.bool() for m in action_masks], False),
         gamma=gamma,
-        lam=lam,
+        gae_lambda=gae_lambda,
     )  # [B, L_max] each
     return [adv[i, :n].clone() for i, n in enumerate(lengths)], [
         returns[i, :n].clone() for i, n in enumerate(lengths)
     ]
+
+
+def assign_credit(
+    trajectories: Sequence[Trajectory], outcomes: Sequence[Outcome], scores: Scores, algo: AlgorithmConfig
+) -> Credit:
+    """Turn rewards and advantages of every rollout under `algorithm.estimator` (module docstring)."""
+    rewards = [o.reward for o in outcomes]
+    lengths = [len(t.token_ids) for t in trajectories]
+    if algo.estimator == "ppo":
+        if scores.values is None:
+            raise ValueError("estimator=ppo needs the critic's values in Scores.values")
+        masks = [torch.tensor(t.action_mask, dtype=torch.bool) for t in trajectories]
+        token_adv, returns = ppo_advantages(
+            rewards, scores.values, masks, gamma=algo.gae_gamma, gae_lambda=algo.gae_lambda
+        )
+        per_turn = [
+            [float(row[a:b].mean()) for a, b in t.turn_spans]
+            for row, t in zip(token_adv, trajectories, strict=True)
+        ]
+        return Credit([[r] for r in rewards], per_turn, token_adv, returns)
+    num_turns = [t.num_turns for t in trajectories]
+    turn_r = turn_rewards(scores.beliefs, rewards, num_turns, estimator=algo.estimator, ig_kind=algo.ig_kind)
+    per_turn = turn_level_advantages(
+        turn_r,
+        [t.group_id for t in trajectories],
+        num_turns,
+        gamma=algo.gamma,
+        norm=algo.norm,
+        adv_eps=algo.adv_eps,
+    )
+    token_adv = token_advantage_rows(per_turn, [t.turn_spans for t in trajectories], lengths)
+    return Credit(turn_r, per_turn, token_adv)
+
+
+def make_experiences(trajectories: Sequence[Trajectory], scores: Scores, credit: Credit) -> list[Experience]:
+    """One Experience per rollout: exactly the sampled token ids, the action mask, θ_old's and π_ref's
+    log-probs, the per-token advantages (and values / returns for ppo)."""
+    exps = []
+    for i, traj in enumerate(trajectories):
+        exps.append(
+            Experience(
+                input_ids=torch.tensor(traj.token_ids, dtype=torch.long),
+                action_mask=torch.tensor(traj.action_mask, dtype=torch.bool),
+                old_log_probs=scores.old_log_probs[i].float(),
+                advantages=credit.token_advantages[i],
+                ref_log_probs=scores.ref_log_probs[i] if scores.ref_log_probs is not None else None,
+                old_values=scores.values[i] if scores.values is not None else None,
+                returns=credit.returns[i] if credit.returns is not None else None,
+            )
+        )
+    return exps

@@ -1,4 +1,5 @@
-"""Per-step metrics: one readable console line, a progress bar over the run, `run_dir/metrics.jsonl`
+"""Per-step metrics: what a step's rollouts, rewards and advantages say (`step_metrics`), and where they
+go (`MetricsLogger`): one readable console line, a progress bar over the run, `run_dir/metrics.jsonl`
 (one JSON object per step), TensorBoard (`run_dir/tensorboard`) and Weights & Biases when configured.
 
 Metric names are `group/name` (reward/f1, ig/mean, policy/kl, time/rollout, ...), the same in every sink.
@@ -10,12 +11,19 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
+import numpy as np
+import torch
 from tqdm import tqdm
+
+from igpo_rlhf.rollout.trajectory import FinishReason
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import LoggingConfig
+    from igpo_rlhf.rollout.trajectory import Trajectory
+    from igpo_rlhf.training.batch import Experience
+    from igpo_rlhf.training.experience import Credit, Outcome
 
 _TIMES = ("rollout", "search", "scoring", "reference", "critic", "update", "sync", "checkpoint")
 
@@ -152,3 +160,75 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def step_metrics(
+    trajectories: list[Trajectory],
+    outcomes: list[Outcome],
+    beliefs: list[list[float]] | None,
+    credit: Credit,
+    experiences: list[Experience],
+    estimator: str,
+) -> dict[str, float]:
+    """Reward, information-gain, advantage and rollout statistics of one step.
+
+    Two say whether a step can teach anything: `adv/zero_var_groups`, the share of groups whose outcome
+    rewards are all equal (GRPO gives them zero advantage), and `rollout/distinct_frac`, the share of a
+    group's rollouts whose token ids differ from every other's (a near-deterministic policy samples n
+    copies of one trajectory).
+    """
+    m: dict[str, float] = {
+        "reward/outcome": _mean([o.reward for o in outcomes]),
+        "reward/f1": _mean([o.f1 for o in outcomes]),
+        "reward/em": _mean([o.em for o in outcomes]),
+        "reward/format_fail": _mean([0.0 if o.answered else 1.0 for o in outcomes]),
+    }
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(trajectories):
+        groups.setdefault(t.group_id, []).append(i)
+    m["adv/zero_var_groups"] = _mean(
+        [1.0 if len({outcomes[i].reward for i in members}) == 1 else 0.0 for members in groups.values()]
+    )
+    m["rollout/distinct_frac"] = _mean(
+        [
+            len({tuple(trajectories[i].token_ids) for i in members}) / len(members)
+            for members in groups.values()
+        ]
+    )
+    if estimator == "igpo":
+        ig = [r for row in credit.turn_rewards for r in row[:-1]]
+        m["ig/mean"] = _mean(ig)
+        m["ig/std"] = float(np.std(ig)) if ig else float("nan")
+        m["ig/positive_frac"] = _mean([1.0 if r > 0 else 0.0 for r in ig])
+        m["ig/count"] = float(len(ig))
+        if beliefs is not None:
+            m["belief/log_b_first"] = _mean([b[0] for b in beliefs])
+            m["belief/log_b_last"] = _mean([b[-1] for b in beliefs])
+    adv = torch.cat([e.advantages[e.action_mask] for e in experiences])
+    if adv.numel():
+        m["adv/mean"] = float(adv.mean())
+        m["adv/std"] = float(adv.std(unbiased=False))
+        m["adv/max"] = float(adv.max())
+        m["adv/min"] = float(adv.min())
+    obs_tokens = [sum(b - a for a, b in t.obs_spans) for t in trajectories]
+    m.update(
+        {
+            "rollout/turns": _mean([t.num_turns for t in trajectories]),
+            "rollout/searches": _mean([t.n_searches for t in trajectories]),
+            "rollout/searched_frac": _mean([1.0 if t.n_searches > 0 else 0.0 for t in trajectories]),
+            "rollout/search_errors": _mean([t.n_search_errors for t in trajectories]),
+            "rollout/response_tokens": _mean([e.num_actions for e in experiences]),
+            "rollout/observation_tokens": _mean(obs_tokens),
+            "rollout/total_tokens": _mean([e.num_tokens for e in experiences]),
+            "rollout/trajectories": float(len(trajectories)),
+        }
+    )
+    for reason in get_args(FinishReason):
+        m[f"rollout/finish_{reason}"] = _mean(
+            [1.0 if t.finish_reason == reason else 0.0 for t in trajectories]
+        )
+    return m

@@ -27,7 +27,7 @@ class BM25Search:
 
     Same index, tokenisation and scoring as the proxy serving this corpus with the same `bm25` settings,
     so the demonstrated observations are what the rollout loop receives. Hits are the proxy's JSON form,
-    `{"id", "title", "text", "score"}`. `search` is the name `run_rollouts` calls a search client by."""
+    `{"id", "title", "text", "score"}`; `search` is what `run_rollouts` calls a search client by."""
 
     def __init__(self, corpus: list[dict], bm25: Bm25Settings | None = None) -> None:
         from services.search_proxy.backends.bm25 import Bm25Backend
@@ -40,8 +40,6 @@ class BM25Search:
     def search(self, queries: list[str], top_k: int) -> list[list[dict]]:
         """One hit list per query, best first."""
         return [[hit.to_dict() for hit in hits] for hits in self.backend.retrieve(list(queries), top_k)]
-
-    __call__ = search
 
 
 def demo_steps(
@@ -64,7 +62,7 @@ def demo_steps(
     for rel_name, subject, obj in zip(q.chain, q.path[:-1], q.path[1:], strict=True):
         rel = RELATIONS[rel_name]
         query = rel.query.format(x=subject)
-        results = search([query], top_k)[0]
+        results = search.search([query], top_k)[0]
         gold = gold_ids[rel_name, subject]
         ranks = [k for k, hit in enumerate(results, start=1) if hit["id"] == gold]
         steps.append(

@@ -7,9 +7,9 @@ here), `run_rollouts` with the CPU `HFEngine` at the config's sampling settings 
 - the share of rollouts with at least one well-formed search, and with a search before their answer;
 - the share with a well-formed answer, answer F1 (0 without an answer), turns and searches per rollout;
 - whether beliefs move: log b = mean log-prob of the gold answer after context + answer probe
-  (DESIGN.md "Belief"; here one plain forward pass per belief point, best alias), at the prompt alone
-  (log b_{i,0}) and after each observation that shows the gold answer. IG is a useful signal only if the
-  latter is higher on average.
+  (DESIGN.md "Belief"; the trainer's belief scorer with the trainer's alias tokenisation, best alias), at
+  the prompt alone (log b_{i,0}) and after each observation that shows the gold answer. IG is a useful
+  signal only if the latter is higher on average.
 
     python -m igpo_rlhf.world.model_check MODEL_DIR [--world runs/world] [-n 64] [-c CONFIG]
 """
@@ -29,22 +29,15 @@ import torch
 from igpo_rlhf.rewards import f1_score, normalize_answer
 
 
-def log_belief(model, context: list[int], probe: list[int], answer: list[int]) -> float:
-    """log b = (1/L) Σ_j log π(a_j | context, probe, a_<j), one forward pass over context + probe + answer."""
-    ids = torch.tensor([context + probe + answer])  # [1, T]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].float()  # [T, V]
-    start = len(context) + len(probe)  # position of a_1
-    logp = torch.log_softmax(logits[start - 1 : start - 1 + len(answer)], dim=-1)  # [L, V]
-    return logp.gather(1, torch.tensor(answer)[:, None]).mean().item()
+def log_beliefs(
+    model, tokenizer, probe_text: str, ids: list[int], points: list[int], golds: list[str]
+) -> list[float]:
+    """log b at each belief point of one token sequence, exactly as the trainer's scorer computes it."""
+    from igpo_rlhf.scoring import score_beliefs
+    from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids
 
-
-def best_log_belief(model, tokenizer, context: list[int], probe: list[int], golds: list[str]) -> float:
-    """log b over gold aliases, the best one (alias_reduce=max). Each alias is tokenised as " " + alias:
-    that is how it follows the probe in a written answer (`<answer> X </answer>`)."""
-    return max(
-        log_belief(model, context, probe, tokenizer.encode(" " + g, add_special_tokens=False)) for g in golds
-    )
+    probe = probe_token_ids(tokenizer, probe_text)
+    return score_beliefs(model, [ids], [points], probe, [alias_token_ids(tokenizer, probe_text, golds)])[0]
 
 
 def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: int) -> dict:
@@ -62,7 +55,6 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
         json.loads(line) for line in (world_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     search, gold_ids = BM25Search(corpus, cfg.search.proxy.bm25), fact_passage_ids(world)
-    probe = tokenizer.encode(cfg.algorithm.answer_probe, add_special_tokens=False)
     rows = [json.loads(line) for line in (world_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()][
         :n
     ]
@@ -76,7 +68,7 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
             ids += part
             if kind in ("prompt", "observation"):
                 points.append(len(ids))
-        beliefs = [best_log_belief(model, tokenizer, ids[:p], probe, row["answers"]) for p in points]
+        beliefs = log_beliefs(model, tokenizer, cfg.algorithm.answer_probe, ids, points, row["answers"])
         first.append(beliefs[0])
         last.append(beliefs[-1])
         middle += beliefs[1:-1]
@@ -91,19 +83,17 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
 
 def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, seed: int = 0) -> dict:
     """Roll out `n` test questions of the world (one rollout each) and measure format, F1 and beliefs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from igpo_rlhf.data.datasets import load_questions
+    from igpo_rlhf.models.loading import load_causal_lm, load_tokenizer
     from igpo_rlhf.rollout.agent_loop import rollouts_for_config
     from igpo_rlhf.rollout.engine import HFEngine
     from igpo_rlhf.rollout.protocols import make_protocol
-    from services.search_proxy.client import SearchClient
+    from igpo_rlhf.rollout.searcher import ProxySearcher
     from services.search_proxy.launch import start_proxy
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir)
     protocol = make_protocol(cfg.rollout, tokenizer, cfg.algorithm.answer_probe)
-    probe = tokenizer.encode(cfg.algorithm.answer_probe, add_special_tokens=False)
     questions = load_questions(["world:test"], world_dir=world_dir)
     rng = random.Random(seed)
     prompts = [rng.choice(questions) for _ in range(n)]
@@ -118,7 +108,7 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
             HFEngine(model, tokenizer),
             tokenizer,
             protocol,
-            SearchClient(proxy.url),
+            ProxySearcher(proxy.url, timeout_s=60, retries=2),
             prompts,
             cfg.rollout.model_copy(update={"n_samples": 1}),
             seed=seed,
@@ -129,12 +119,15 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
     for t in trajectories:
         ids, points = t.token_ids, t.belief_points
         golds = [normalize_answer(g) for g in t.golds]
-        b0 = best_log_belief(model, tokenizer, ids[: points[0]], probe, t.golds)
-        b_right = [  # after each observation that shows the gold answer
-            best_log_belief(model, tokenizer, ids[:end], probe, t.golds)
+        # belief points after each observation that shows the gold answer
+        right = [
+            end
             for start, end in t.obs_spans
             if any(g in normalize_answer(tokenizer.decode(ids[start:end])) for g in golds)
         ]
+        b0, *b_right = log_beliefs(
+            model, tokenizer, cfg.algorithm.answer_probe, ids, [points[0], *right], t.golds
+        )
         rows.append(
             {
                 "question": t.question,

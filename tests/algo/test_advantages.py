@@ -24,7 +24,7 @@ def test_joint_by_hand():
     # group "q1" pools {1, 3, 5, 7}: mean 4, deviations -3 -1 1 3, var (9+1+1+9)/4 = 5, std √5
     # group "q2" holds one rollout with one value: a pool of one normalises to 0
     s = math.sqrt(5.0)
-    adv = turn_advantages([[1.0, 3.0], [5.0, 7.0], [2.0]], ["q1", "q1", "q2"], eps=0.0)
+    adv = turn_advantages([[1.0, 3.0], [5.0, 7.0], [2.0]], ["q1", "q1", "q2"], adv_eps=0.0)
     # γ = 1: Â_{i,1} = r̃_{i,1} + r̃_{i,2},  Â_{i,2} = r̃_{i,2}
     assert adv[0] == pytest.approx([(-3 - 1) / s, -1 / s], abs=1e-12)
     assert adv[1] == pytest.approx([(1 + 3) / s, 3 / s], abs=1e-12)
@@ -46,7 +46,7 @@ def test_separate_by_hand():
     # outcome pool {0, 0, 1}: mean 1/3, var (1/9 + 1/9 + 4/9)/3 = 2/9, std √2/3
     #   -> r̃ = (-1/3)/(√2/3) = -1/√2 for rollouts 0 and 1, (2/3)/(√2/3) = √2 for rollout 2
     a = math.sqrt(2 / 3)
-    adv = turn_advantages([[1.0, 3.0, 0.0], [0.0], [2.0, 1.0]], ["g"] * 3, norm="separate", eps=0.0)
+    adv = turn_advantages([[1.0, 3.0, 0.0], [0.0], [2.0, 1.0]], ["g"] * 3, norm="separate", adv_eps=0.0)
     o = -1 / math.sqrt(2)
     assert adv[0] == pytest.approx([-1 / a + 1 / a + o, 1 / a + o, o], abs=1e-12)
     assert adv[1] == pytest.approx([o], abs=1e-12)
@@ -56,10 +56,10 @@ def test_separate_by_hand():
 def test_joint_differs_from_separate():
     rewards, groups = [[1.0, 3.0, 0.0], [0.0], [2.0, 1.0]], ["g"] * 3
     # joint pools {1,3,0,0,2,1}: mean 7/6 -- a different centring than the separate pools above
-    joint = turn_advantages(rewards, groups, eps=0.0)
+    joint = turn_advantages(rewards, groups, adv_eps=0.0)
     expected = reference_normalize([1.0, 3.0, 0.0, 0.0, 2.0, 1.0], 0.0)
     assert joint[1] == pytest.approx([expected[3]], abs=1e-12)
-    assert joint[1] != turn_advantages(rewards, groups, norm="separate", eps=0.0)[1]
+    assert joint[1] != turn_advantages(rewards, groups, norm="separate", adv_eps=0.0)[1]
 
 
 def test_equal_values_normalise_to_exactly_zero():
@@ -222,7 +222,7 @@ def test_token_advantages_reject_bad_spans(advs, spans, seq_len, match):
         ([[1.0]], [[0]], {}, r"group_ids\[0\]=\[0\] is not hashable"),
         ([[1.0]], [0], {"norm": "sep"}, "norm='sep' is not an option; accepted: 'joint', 'separate'"),
         ([[1.0]], [0], {"gamma": 1.5}, r"gamma=1.5 must be a number in \[0, 1\]"),
-        ([[1.0]], [0], {"eps": -1e-6}, "eps=-1e-06 must be a finite number >= 0"),
+        ([[1.0]], [0], {"adv_eps": -1e-6}, "adv_eps=-1e-06 must be a finite number >= 0"),
     ],
 )
 def test_turn_advantages_reject_bad_input(rewards, groups, kwargs, match):

@@ -28,7 +28,7 @@ def test_gae_by_hand_across_an_observation():
     values = torch.tensor([[50.0, 0.1, 0.2, 99.0, 0.5, 0.6, -7.0]])
     rewards = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
     mask = torch.tensor([[0, 1, 1, 0, 1, 1, 0]]).bool()
-    adv, ret = gae_advantages(rewards, values, mask, gamma=1.0, lam=0.5)
+    adv, ret = gae_advantages(rewards, values, mask, gamma=1.0, gae_lambda=0.5)
     # δ5 = 1 + 0 - 0.6 = 0.4          A5 = 0.4
     # δ4 = 0 + 0.6 - 0.5 = 0.1        A4 = 0.1 + 0.5·0.4  = 0.3
     # δ2 = 0 + 0.5 - 0.2 = 0.3        A2 = 0.3 + 0.5·0.3  = 0.45   (bootstraps from V4, skipping position 3)
@@ -43,11 +43,11 @@ def test_lambda_one_gives_monte_carlo_returns_and_lambda_zero_gives_td():
     rewards = torch.tensor([[0.0, 0.5, 0.0, 2.0]])
     mask = torch.tensor([[0, 1, 1, 1]]).bool()
     # γ = 0.9, λ = 1: R_k = Σ_l γ^l r_{k+l}: R3 = 2, R2 = 0 + 0.9·2 = 1.8, R1 = 0.5 + 0.9·1.8 = 2.12
-    adv, ret = gae_advantages(rewards, values, mask, gamma=0.9, lam=1.0)
+    adv, ret = gae_advantages(rewards, values, mask, gamma=0.9, gae_lambda=1.0)
     assert ret.tolist()[0] == pytest.approx([0, 2.12, 1.8, 2.0], abs=1e-6)
     assert adv.tolist()[0] == pytest.approx([0, 2.12 - 0.3, 1.8 - 0.9, 2.0 - 0.4], abs=1e-6)
     # λ = 0: A_k = δ_k = r + γV' - V: A1 = 0.5 + 0.81 - 0.3 = 1.01, A2 = 0.36 - 0.9 = -0.54, A3 = 2 - 0.4 = 1.6
-    adv, _ = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.0)
+    adv, _ = gae_advantages(rewards, values, mask, gamma=0.9, gae_lambda=0.0)
     assert adv.tolist()[0] == pytest.approx([0, 1.01, -0.54, 1.6], abs=1e-6)
 
 
@@ -64,7 +64,7 @@ def test_matches_the_slow_reference(batch, length, gamma, lam, seed):
     mask = torch.rand(batch, length, generator=gen) < 0.6
     values = torch.randn(batch, length, generator=gen, dtype=torch.float64)
     rewards = torch.randn(batch, length, generator=gen, dtype=torch.float64) * mask
-    adv, ret = gae_advantages(rewards, values, mask, gamma=gamma, lam=lam)
+    adv, ret = gae_advantages(rewards, values, mask, gamma=gamma, gae_lambda=lam)
     exp_adv, exp_ret = slow_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam)
     for b in range(batch):
         assert adv[b].tolist() == pytest.approx(exp_adv[b], abs=1e-5)
@@ -77,7 +77,7 @@ def test_matches_the_slow_reference(batch, length, gamma, lam, seed):
         ({}, [[0.0, 1.0, 0.5]], r"rewards\[0, 2\]=0.5 sits on a position where mask is False"),
         ({}, [[0.0, float("nan"), 0.0]], r"rewards\[0, 1\]=nan is not finite"),
         ({"gamma": 1.1}, [[0.0, 1.0, 0.0]], r"gamma=1.1 must be a number in \[0, 1\]"),
-        ({"lam": -0.5}, [[0.0, 1.0, 0.0]], r"lam=-0.5 must be a number in \[0, 1\]"),
+        ({"gae_lambda": -0.5}, [[0.0, 1.0, 0.0]], r"gae_lambda=-0.5 must be a number in \[0, 1\]"),
     ],
 )
 def test_gae_rejects_bad_input(kwargs, rewards, match):

@@ -177,8 +177,8 @@ def test_kl_estimators_by_hand():
     lp = torch.log(torch.tensor([[0.5, 0.25]]))
     ref = torch.log(torch.tensor([[0.25, 0.5]]))
     ln2 = math.log(2)
-    assert kl_penalty(lp, ref, estimator="k1").tolist()[0] == pytest.approx([ln2, -ln2], abs=1e-6)
-    assert kl_penalty(lp, ref, estimator="k2").tolist()[0] == pytest.approx([ln2**2 / 2] * 2, abs=1e-6)
+    assert kl_penalty(lp, ref, kl_estimator="k1").tolist()[0] == pytest.approx([ln2, -ln2], abs=1e-6)
+    assert kl_penalty(lp, ref, kl_estimator="k2").tolist()[0] == pytest.approx([ln2**2 / 2] * 2, abs=1e-6)
     # k3 = e^{-log r} - 1 + log r:  1/2 - 1 + ln2 = 0.1931;  2 - 1 - ln2 = 0.3069
     assert kl_penalty(lp, ref).tolist()[0] == pytest.approx([0.5 - 1 + ln2, 2 - 1 - ln2], abs=1e-6)
 
@@ -190,9 +190,9 @@ def test_kl_estimators_are_unbiased_by_sampling():
     exact = float((p * (p / q).log()).sum())  # 0.5 ln(5/3) + 0.2 ln(2/3) + 0.15 ln(3/4) + 0 + 0.05 ln(1/2)
     tokens = torch.multinomial(p, 400_000, replacement=True, generator=torch.Generator().manual_seed(0))
     lp, ref = p.log()[tokens][None], q.log()[tokens][None]
-    assert kl_penalty(lp, ref, estimator="k1").mean().item() == pytest.approx(exact, abs=3e-3)
-    assert kl_penalty(lp, ref, estimator="k3").mean().item() == pytest.approx(exact, abs=3e-3)
-    assert kl_penalty(lp, ref, estimator="k3").min().item() >= 0.0
+    assert kl_penalty(lp, ref, kl_estimator="k1").mean().item() == pytest.approx(exact, abs=3e-3)
+    assert kl_penalty(lp, ref, kl_estimator="k3").mean().item() == pytest.approx(exact, abs=3e-3)
+    assert kl_penalty(lp, ref, kl_estimator="k3").min().item() >= 0.0
 
 
 def test_kl_clamp_and_mask():
@@ -207,8 +207,8 @@ def test_kl_clamp_and_mask():
 
 
 def test_kl_rejects_bad_input():
-    with pytest.raises(ValueError, match="estimator='k4' is not an option; accepted: 'k1', 'k2', 'k3'"):
-        kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), estimator="k4")
+    with pytest.raises(ValueError, match="kl_estimator=.k4' is not an option; accepted: 'k1', 'k2', 'k3'"):
+        kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), kl_estimator="k4")
     with pytest.raises(ValueError, match="log_ratio_clip=0 must be a finite number > 0"):
         kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), log_ratio_clip=0)
     with pytest.raises(ValueError, match=r"ref_log_probs has shape \[1, 3\] but log_probs has \[1, 2\]"):

@@ -30,14 +30,13 @@ from transformers import AutoModelForCausalLM
 
 from igpo_rlhf.config import dump_config, load_config
 from igpo_rlhf.data.datasets import load_questions
-from igpo_rlhf.ray.rollout_actor import load_tokenizer
+from igpo_rlhf.models.loading import load_tokenizer
 from igpo_rlhf.ray.trainer import Trainer
-from igpo_rlhf.rewards import f1_score
 from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.rollout.searcher import ProxySearcher
 from igpo_rlhf.rollout.trajectory import PromptItem
-from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy
 from tests.e2e.conftest import ROOT, e2e_config
 from tests.scoring.naive import naive_belief
@@ -86,6 +85,26 @@ def squad_normalise(text: str) -> str:
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 
+def squad_f1(answer: str, golds: list[str]) -> float:
+    """SQuAD token F1 of `answer` against the best gold alias, written out here (not the production scorer):
+    overlap = the multiset intersection of normalised tokens, P = overlap/|answer|, R = overlap/|gold|."""
+    best = 0.0
+    for gold in golds:
+        a, g = squad_normalise(answer).split(), squad_normalise(gold).split()
+        overlap = sum(min(a.count(w), g.count(w)) for w in set(a))
+        if overlap:
+            p, r = overlap / len(a), overlap / len(g)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def test_the_independent_f1_on_hand_worked_cases():
+    assert squad_f1("Paris", ["paris"]) == 1.0
+    assert squad_f1("the city of Paris", ["Paris"]) == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))  # P 1/3, R 1
+    assert squad_f1("Rome", ["Paris", "City of Light"]) == 0.0
+    assert squad_f1("light city", ["City of Light"]) == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+
+
 def written_answer(row: dict) -> str | None:
     """The text inside the last <answer>...</answer> of the last turn, None unless the rollout answered."""
     if row["finish_reason"] != "answer":
@@ -115,7 +134,7 @@ def assert_rollout_metrics(m: dict, rows: list[dict]) -> None:
         0.0 if a is None else float(any(squad_normalise(a) == squad_normalise(g) for g in r["golds"]))
         for a, r in zip(answers, rows, strict=True)
     ]
-    f1 = [0.0 if a is None else f1_score(a, r["golds"]) for a, r in zip(answers, rows, strict=True)]
+    f1 = [0.0 if a is None else squad_f1(a, r["golds"]) for a, r in zip(answers, rows, strict=True)]
     want = {
         "rollout/turns": sum(turns) / n,
         "rollout/searches": sum(searches) / n,
@@ -179,7 +198,7 @@ def test_igpo_rewards_and_advantages_match_the_formulas(igpo):
             T = len(row["turn_spans"])
             assert len(row["beliefs"]) == len(row["belief_points"]) == T  # T turns, T beliefs
             b = [math.exp(x) for x in row["beliefs"]]
-            outcome = -2.0 if row["answer"] is None else f1_score(row["answer"], row["golds"])
+            outcome = -2.0 if row["answer"] is None else squad_f1(row["answer"], row["golds"])
             assert row["turn_rewards"] == pytest.approx([b[t] - b[t - 1] for t in range(1, T)] + [outcome])
             n_ig += T - 1
         want = expected_turn_advantages(rows, joint_pools)
@@ -265,7 +284,7 @@ def test_rollouts_are_the_sampled_tokens(igpo, tiny, proxy):
         HFEngine(model, tokenizer),
         tokenizer,
         protocol,
-        SearchClient(proxy.url),
+        ProxySearcher(proxy.url, timeout_s=30, retries=2),
         prompts,
         n_samples=r.n_samples,
         max_turns=r.max_turns,
@@ -323,7 +342,7 @@ def test_policy_weights_change_and_reach_the_rollout_and_scorer_actors(igpo, tin
     prompt = [PromptItem("Who founded the trust?", ["x"])]
     remote = trainer.rollouts.generate(prompt, 99)
     r = cfg.rollout
-    local = run_rollouts(HFEngine(model, tokenizer), tokenizer, protocol, SearchClient(proxy.url), prompt,
+    local = run_rollouts(HFEngine(model, tokenizer), tokenizer, protocol, ProxySearcher(proxy.url, timeout_s=30, retries=2), prompt,
                          n_samples=r.n_samples, max_turns=r.max_turns, max_new_tokens=r.max_new_tokens,
                          max_total_tokens=r.max_total_tokens, max_observation_tokens=r.max_observation_tokens,
                          search_top_k=r.search_top_k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
@@ -452,7 +471,7 @@ def test_ppo_two_steps_train_the_critic(tiny, proxy, local_ray, tmp_path):
     token_advs = []
     for r in read_jsonl(tmp_path / "ppo" / "rollouts" / "step_00001.jsonl"):
         answer = written_answer(r)
-        reward = -2.0 if answer is None else f1_score(answer, r["golds"])
+        reward = -2.0 if answer is None else squad_f1(answer, r["golds"])
         assert r["outcome_reward"] == reward and r["turn_rewards"] == [reward]
         K = sum(b - a for a, b in r["turn_spans"])
         adv = [(gamma * lam) ** (K - 1 - k) * reward for k in range(K)]  # action tokens in order

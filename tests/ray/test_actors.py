@@ -75,13 +75,13 @@ def local_update(
     Returns the pre-clip gradient norm, the weights after the step and the clipped gradients."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     batch = pad_experiences(exps)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ids = batch["input_ids"]
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    ids = batch.input_ids
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
     lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
-    mask = batch["action_mask"]
-    loss, _ = policy_loss(lp, batch["old_log_probs"], batch["advantages"], mask)
-    loss = loss + 0.1 * masked_aggregate(kl_penalty(lp, batch["ref_log_probs"], mask=mask), mask)
+    mask = batch.action_mask
+    loss, _ = policy_loss(lp, batch.old_log_probs, batch.advantages, mask)
+    loss = loss + 0.1 * masked_aggregate(kl_penalty(lp, batch.ref_log_probs, mask=mask), mask)
     loss.backward()
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters(remove_duplicate=False)}
@@ -174,6 +174,11 @@ def test_reference_log_probs_and_critic_values(local_ray, model_dir):
                 logits = model(torch.tensor([seq])).logits[0]
             want = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(seq[1:])[:, None])[:, 0]
             torch.testing.assert_close(lp, torch.cat([torch.zeros(1), want]), atol=1e-5, rtol=0)
+        # with action masks only the masked-in positions are computed (the KL reads no others); the rest are 0
+        masks = [[0, 0, 1, 1], [0, 1, 1, 0, 0, 1, 1]]
+        masked = ray.get(ref.actors[0].log_probs.remote(seqs, masks))
+        for full, lp, mask in zip(got, masked, masks, strict=True):
+            torch.testing.assert_close(lp, full * torch.tensor(mask, dtype=torch.float32), atol=1e-6, rtol=0)
 
         v0 = ray.get(critic.actors[0].values.remote(seqs))
         assert [v.shape[0] for v in v0] == [4, 7] and all(

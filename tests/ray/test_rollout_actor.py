@@ -11,13 +11,14 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from igpo_rlhf.config import RolloutConfig
-from igpo_rlhf.ray.rollout_actor import RolloutActor, _RolloutActor, load_tokenizer
+from igpo_rlhf.config import Config, load_config
+from igpo_rlhf.models.loading import load_tokenizer
+from igpo_rlhf.ray.rollout_actor import RolloutActor
 from igpo_rlhf.rollout.agent_loop import call_seed, run_rollouts
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.rollout.searcher import ProxySearcher
 from igpo_rlhf.rollout.trajectory import PromptItem
-from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy
 from services.search_proxy.settings import ProxySettings
 from tests.rollout.tiny import save_tiny
@@ -64,9 +65,19 @@ def proxy(tmp_path_factory):
         yield running
 
 
+def config(model_dir, *overrides: str) -> Config:
+    """A config with the rollout section above, the tiny model and seed 3 (search without retries)."""
+    rollout = [f"rollout.{k}={v!r}" if isinstance(v, str) else f"rollout.{k}={v}" for k, v in ROLLOUT.items()]
+    return load_config(
+        None,
+        [f"model.path={model_dir}", "train.seed=3", "train.prompts_per_step=2", "search.timeout_s=10",
+         "search.retries=0", *rollout, *overrides],
+    )  # fmt: skip
+
+
 def _in_process(model_dir, state_dict, url, step, group_offset=0):
     """The same rollouts without Ray: a fresh engine with `state_dict` and the actor's seed rule."""
-    cfg = RolloutConfig.model_validate(ROLLOUT)
+    cfg = config(model_dir).rollout
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if state_dict is not None:
@@ -75,7 +86,7 @@ def _in_process(model_dir, state_dict, url, step, group_offset=0):
         HFEngine(model, tok),
         tok,
         make_protocol(cfg, tok, "<answer>"),
-        SearchClient(url, timeout=10.0, retries=0),
+        ProxySearcher(url, timeout_s=10.0, retries=0),
         PROMPTS,
         n_samples=cfg.n_samples,
         max_turns=cfg.max_turns,
@@ -94,15 +105,7 @@ def _in_process(model_dir, state_dict, url, step, group_offset=0):
 
 @pytest.mark.slow
 def test_generate_and_weight_push_through_the_actor(local_ray, model_dir, proxy):
-    actor = RolloutActor.options(num_cpus=1).remote(
-        str(model_dir),
-        ROLLOUT,
-        proxy.url,
-        answer_probe="<answer>",
-        seed=3,
-        search_timeout_s=10.0,
-        search_retries=0,
-    )
+    actor = ray.remote(RolloutActor).options(num_cpus=1).remote(config(model_dir), proxy.url)
     before = ray.get(actor.generate.remote(PROMPTS, 0))
     assert ray.get(actor.weights_version.remote()) == 0
     expected = _in_process(model_dir, None, proxy.url, step=0)
@@ -134,15 +137,23 @@ def test_generate_and_weight_push_through_the_actor(local_ray, model_dir, proxy)
 
 def test_actor_rejects_vllm_engine_and_bad_arguments(model_dir, proxy):
     with pytest.raises(ValueError, match="engine=vllm is served by the vLLM engine actors"):
-        _RolloutActor(str(model_dir), {**ROLLOUT, "engine": "vllm"}, proxy.url, answer_probe="<answer>")
-    with pytest.raises(ValueError, match="dtype='fp8'"):
-        _RolloutActor(str(model_dir), ROLLOUT, proxy.url, answer_probe="<answer>", dtype="fp8")
-    with pytest.raises(ValueError, match="is not a directory"):
-        _RolloutActor(str(model_dir / "nope"), ROLLOUT, proxy.url, answer_probe="<answer>")
+        RolloutActor(config(model_dir, "rollout.engine=vllm", "resources.rollout.num_gpus=1"), proxy.url)
+    with pytest.raises(ValueError, match="is not a Hugging Face checkpoint directory"):
+        RolloutActor(config(model_dir / "nope"), proxy.url)
 
 
 def test_update_weights_with_a_wrong_state_dict_is_an_error(model_dir, proxy):
-    actor = _RolloutActor(str(model_dir), ROLLOUT, proxy.url, answer_probe="<answer>")
-    with pytest.raises(ValueError, match="missing"):
+    actor = RolloutActor(config(model_dir), proxy.url)
+    with pytest.raises(ValueError, match="lacks .* of the model's parameters"):
         actor.update_weights({"model.norm.weight": torch.ones(32)}, 1)
     assert actor.weights_version() == 0
+
+
+def test_sampling_overrides_apply_to_one_call_only(model_dir, proxy):
+    actor = RolloutActor(config(model_dir), proxy.url)
+    greedy = actor.generate(PROMPTS, 0, sampling={"n_samples": 3, "temperature": 0.0})
+    assert [(t.group_id, t.sample_id) for t in greedy] == [(g, s) for g in (0, 1) for s in range(3)]
+    # greedy decoding: the three rollouts of a prompt are one trajectory
+    assert greedy[0].token_ids == greedy[1].token_ids == greedy[2].token_ids
+    sampled = actor.generate(PROMPTS, 0)
+    assert [t.token_ids for t in sampled] == [t.token_ids for t in _in_process(model_dir, None, proxy.url, 0)]

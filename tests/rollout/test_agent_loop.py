@@ -17,8 +17,8 @@ import pytest
 from igpo_rlhf.rollout.agent_loop import run_rollouts
 from igpo_rlhf.rollout.engine import Generation, HFEngine
 from igpo_rlhf.rollout.protocols import SearchR1Protocol, ToolCallProtocol
+from igpo_rlhf.rollout.searcher import ProxySearcher
 from igpo_rlhf.rollout.trajectory import PromptItem
-from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy
 from services.search_proxy.settings import ProxySettings
 from tests.rollout.tiny import make_model, make_tokenizer, warm_start
@@ -91,7 +91,7 @@ class ScriptedEngine:
 
 
 class CountingClient:
-    """The real SearchClient, with every request's queries recorded (to check one request per round)."""
+    """The real ProxySearcher, with every request's queries recorded (to check one request per round)."""
 
     def __init__(self, client):
         self.client, self.requests = client, []
@@ -118,7 +118,7 @@ def proxy(tmp_path_factory):
 
 @pytest.fixture()
 def client(proxy):
-    return CountingClient(SearchClient(proxy.url, timeout=10.0, retries=0))
+    return CountingClient(ProxySearcher(proxy.url, timeout_s=10.0, retries=0))
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_dead_proxy_gives_error_observations_and_rollouts_go_on(tok, sr1, tmp_pa
         url = running.url
     # The proxy is stopped now: nothing listens at `url`.
     engine = ScriptedEngine(tok, {"Q": [T_FRANCE, T_PARIS]}, sr1.stop_strings)
-    client = SearchClient(url, timeout=2.0, retries=0)
+    client = ProxySearcher(url, timeout_s=2.0, retries=0)
     trajs = run_rollouts(engine, tok, sr1, client, [PromptItem("Q", ["Paris"])], n_samples=2, **LOOP)
     for t in trajs:
         assert (t.finish_reason, t.answer, t.n_searches, t.n_search_errors) == ("answer", "Paris", 1, 1)

@@ -136,30 +136,6 @@ def test_top_k_one_is_greedy(engine, contexts):
     assert sampled == greedy
 
 
-def test_load_weights_replaces_the_model(tok, contexts):
-    eng = HFEngine(make_model(tok, seed=0), tok)
-    other = make_model(tok, seed=1)
-    eng.load_weights(other.state_dict())
-    for name, p in other.state_dict().items():
-        assert torch.equal(eng.model.state_dict()[name], p)
-    assert eng.generate(contexts, max_new_tokens=[8] * 3, stop_strings=[], **GREEDY) == HFEngine(
-        other, tok
-    ).generate(contexts, max_new_tokens=[8] * 3, stop_strings=[], **GREEDY)
-
-
-def test_load_weights_errors_name_the_tensor(tok):
-    eng = HFEngine(make_model(tok), tok)
-    sd = make_model(tok).state_dict()
-    bad = dict(sd)
-    bad.pop("model.norm.weight")
-    with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\]"):
-        eng.load_weights(bad)
-    bad = dict(sd)
-    bad["model.norm.weight"] = torch.ones(7)
-    with pytest.raises(ValueError, match=r"state_dict\['model.norm.weight'\] has shape \(7,\)"):
-        eng.load_weights(bad)
-
-
 @pytest.mark.parametrize(
     "contexts, budgets, extra, message",
     [

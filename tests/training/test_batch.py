@@ -28,11 +28,11 @@ def exp(length: int, actions: int, fill: float = 0.0) -> Experience:
 
 def test_pad_experiences_right_pads_every_field():
     batch = pad_experiences([exp(3, 2, 1.0), exp(5, 1, 2.0)])
-    assert batch["input_ids"].tolist() == [[0, 1, 2, 0, 0], [0, 1, 2, 3, 4]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
-    assert batch["action_mask"].tolist() == [[False, True, True, False, False], [False] * 4 + [True]]
-    assert batch["advantages"].tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0], [2.0] * 5]
-    assert "ref_log_probs" not in batch
+    assert batch.input_ids.tolist() == [[0, 1, 2, 0, 0], [0, 1, 2, 3, 4]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.action_mask.tolist() == [[False, True, True, False, False], [False] * 4 + [True]]
+    assert batch.advantages.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0], [2.0] * 5]
+    assert batch.ref_log_probs is None and batch.old_values is None and batch.returns is None
     mixed = [exp(3, 1), exp(3, 1)]
     mixed[0].ref_log_probs = torch.zeros(3)
     with pytest.raises(ValueError, match="ref_log_probs is set on some rows"):

@@ -73,7 +73,7 @@ def test_igpo_turn_rewards_advantages_and_token_broadcast():
     assert rewards[0] == pytest.approx([0.2, 0.3, 1.0])
     assert rewards[1] == [0.0]
 
-    advs = turn_level_advantages(rewards, [0, 0], [3, 1], gamma=1.0, norm="joint", eps=EPS)
+    advs = turn_level_advantages(rewards, [0, 0], [3, 1], gamma=1.0, norm="joint", adv_eps=EPS)
     pool = [0.2, 0.3, 1.0, 0.0]
     mean = sum(pool) / 4  # 0.375
     std = math.sqrt(sum((r - mean) ** 2 for r in pool) / 4)  # population std
@@ -97,7 +97,9 @@ def test_igpo_log_prob_diff_and_discount_and_separate_norm():
     rewards = turn_rewards(beliefs, [1.0, 0.0], [3, 1], estimator="igpo", ig_kind="log_prob_diff")
     assert rewards[0] == pytest.approx([math.log(3.0), math.log(2.0), 1.0])
 
-    sep = turn_level_advantages([[0.2, 0.3, 1.0], [0.0]], [0, 0], [3, 1], gamma=0.5, norm="separate", eps=EPS)
+    sep = turn_level_advantages(
+        [[0.2, 0.3, 1.0], [0.0]], [0, 0], [3, 1], gamma=0.5, norm="separate", adv_eps=EPS
+    )
     # IG pool [0.2, 0.3]: mean 0.25, std 0.05; outcome pool [1, 0]: mean 0.5, std 0.5
     ig = [(0.2 - 0.25) / (0.05 + EPS), (0.3 - 0.25) / (0.05 + EPS)]
     oc = [(1.0 - 0.5) / (0.5 + EPS), (0.0 - 0.5) / (0.5 + EPS)]
@@ -111,20 +113,20 @@ def test_igpo_log_prob_diff_and_discount_and_separate_norm():
 def test_grpo_outcome_advantage_on_every_turn_and_igpo_without_ig_equals_grpo():
     rewards = turn_rewards(None, [1.0, 0.0], [3, 1], estimator="grpo")
     assert rewards == [[1.0], [0.0]]
-    advs = turn_level_advantages(rewards, [0, 0], [3, 1], gamma=1.0, norm="joint", eps=EPS)
+    advs = turn_level_advantages(rewards, [0, 0], [3, 1], gamma=1.0, norm="joint", adv_eps=EPS)
     a = (1.0 - 0.5) / (0.5 + EPS)
     assert advs == [pytest.approx([a, a, a]), pytest.approx([-a])]
     # IGPO whose beliefs never move (IG = 0 everywhere) is not GRPO under joint norm (zeros join the pool),
     # but with separate norm the all-zero IG pool normalises to 0 and the outcomes to GRPO's advantage.
     flat = [[math.log(0.5)] * 3, [math.log(0.5)]]
     igpo = turn_rewards(flat, [1.0, 0.0], [3, 1], estimator="igpo")
-    sep = turn_level_advantages(igpo, [0, 0], [3, 1], gamma=1.0, norm="separate", eps=EPS)
+    sep = turn_level_advantages(igpo, [0, 0], [3, 1], gamma=1.0, norm="separate", adv_eps=EPS)
     assert sep == [pytest.approx([a, a, a]), pytest.approx([-a])]
 
 
 def test_groups_are_normalised_separately():
     rewards = turn_rewards(None, [1.0, 0.0, 0.5, 0.5], [1, 1, 1, 1], estimator="grpo")
-    advs = turn_level_advantages(rewards, [0, 0, 1, 1], [1] * 4, gamma=1.0, norm="joint", eps=EPS)
+    advs = turn_level_advantages(rewards, [0, 0, 1, 1], [1] * 4, gamma=1.0, norm="joint", adv_eps=EPS)
     a = 0.5 / (0.5 + EPS)
     assert [x[0] for x in advs] == pytest.approx([a, -a, 0.0, 0.0])
 
@@ -141,7 +143,7 @@ def test_belief_count_must_match_turns():
 def test_ppo_gae_with_outcome_on_last_action_token():
     mask = torch.tensor([0, 1, 1, 0, 1], dtype=torch.bool)  # actions at j1=1, j2=2, j3=4; 3 is an observation
     values = torch.tensor([0.0, 0.5, 0.2, 9.0, 0.1])
-    adv, ret = ppo_advantages([1.0], [values], [mask], gamma=1.0, lam=0.95)
+    adv, ret = ppo_advantages([1.0], [values], [mask], gamma=1.0, gae_lambda=0.95)
     # δ3 = r + 0 - V(j3) = 1 - 0.1; δ2 = 0 + V(j3) - V(j2); δ1 = 0 + V(j2) - V(j1)  (observation skipped)
     a3 = 1.0 - 0.1
     a2 = (0.1 - 0.2) + 0.95 * a3
@@ -149,4 +151,4 @@ def test_ppo_gae_with_outcome_on_last_action_token():
     torch.testing.assert_close(adv[0], torch.tensor([0.0, a1, a2, 0.0, a3]))
     torch.testing.assert_close(ret[0], torch.tensor([0.0, a1 + 0.5, a2 + 0.2, 0.0, a3 + 0.1]))
     with pytest.raises(ValueError, match="rollout 0 has no action token"):
-        ppo_advantages([1.0], [values], [torch.zeros(5, dtype=torch.bool)], gamma=1.0, lam=0.95)
+        ppo_advantages([1.0], [values], [torch.zeros(5, dtype=torch.bool)], gamma=1.0, gae_lambda=0.95)

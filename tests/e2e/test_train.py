@@ -100,7 +100,9 @@ def squad_f1(answer: str, golds: list[str]) -> float:
 
 def test_the_independent_f1_on_hand_worked_cases():
     assert squad_f1("Paris", ["paris"]) == 1.0
-    assert squad_f1("the city of Paris", ["Paris"]) == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))  # P 1/3, R 1
+    assert squad_f1("the city of Paris", ["Paris"]) == pytest.approx(
+        2 * (1 / 3) * 1 / (1 / 3 + 1)
+    )  # P 1/3, R 1
     assert squad_f1("Rome", ["Paris", "City of Light"]) == 0.0
     assert squad_f1("light city", ["City of Light"]) == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
 

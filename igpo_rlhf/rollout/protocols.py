@@ -11,7 +11,9 @@ config, never from code.
   `<tool_call>\\n{"name": "search", "arguments": {"query_list": [...]}}\\n</tool_call>`; the observation is
   the passages rendered as a tool message by the chat template: the text the template adds after the
   assistant's content (end of the assistant turn, the tool message, the next assistant header). The
-  answer is `<answer> ... </answer>` inside the assistant turn.
+  answer is `<answer> ... </answer>` inside the assistant turn. A chat template that does not render a
+  `tools` list (SmolLM2's: the prompt is the same with and without tools) gets the tool schema and the
+  call syntax from us, in the system message (`TOOLS_SYSTEM_TEMPLATE`, after `rollout.system_prompt`).
 
 Parsing rules (both protocols; a rule that fails gives `Action(kind="invalid", error=...)`):
 - `<think>...</think>` blocks are reasoning: tags inside them are not actions. A missing think block is
@@ -66,6 +68,16 @@ SEARCH_TOOL: dict[str, Any] = {
         },
     },
 }
+
+# The tool schema and the call syntax, for chat templates that do not render a `tools` list themselves;
+# `{tools}` is the JSON schema of each tool, one per line. The syntax is the one `parse` reads.
+TOOLS_SYSTEM_TEMPLATE = (
+    "You can call tools. Each tool is described by a JSON schema inside <tools></tools>:\n"
+    "<tools>\n{tools}\n</tools>\n"
+    "To call a tool, write one JSON object with the tool's name and arguments inside <tool_call></tool_call>:\n"
+    '<tool_call>\n{{"name": "search", "arguments": {{"query_list": ["your query"]}}}}\n</tool_call>\n'
+    "The tool's result comes back in the next message."
+)
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.DOTALL)
@@ -233,14 +245,29 @@ def _observation_ids(
     return tokenizer.encode(head + body, add_special_tokens=False)[: len(head_ids) + room] + tail_ids
 
 
-def _chat_prompt(
-    tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, user: str, tools: list[dict] | None
-) -> str:
+def _check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             "the tokenizer has no chat template; set rollout.use_chat_template=false (search_r1) or use an "
             "instruct model's tokenizer"
         )
+
+
+def template_renders_tools(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when the chat template shows a `tools` list to the model (the prompt differs with and without)."""
+    _check_chat_template(tokenizer)
+    messages = [{"role": "user", "content": "q"}]
+    with_tools, without = (
+        tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        for tools in ([SEARCH_TOOL], None)
+    )
+    return with_tools != without
+
+
+def _chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, user: str, tools: list[dict] | None
+) -> str:
+    _check_chat_template(tokenizer)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": user}
     ]
@@ -368,8 +395,16 @@ class ToolCallProtocol(_Observations):
         _check_document_template(document_template)
         self.document_template = document_template
         self.answer_probe_text = answer_probe
-        self.system_prompt = system_prompt
-        _chat_prompt(tokenizer, system_prompt, "q", [SEARCH_TOOL])  # fail now if there is no chat template
+        # tools rendered by the chat template, or (when it ignores them) by us in the system message
+        self.template_renders_tools = template_renders_tools(tokenizer)
+        if self.template_renders_tools:
+            self.system_prompt, self.tools = system_prompt, [SEARCH_TOOL]
+        else:
+            schema = TOOLS_SYSTEM_TEMPLATE.format(
+                tools=json.dumps(SEARCH_TOOL["function"], ensure_ascii=False)
+            )
+            self.system_prompt = f"{system_prompt}\n\n{schema}" if system_prompt else schema
+            self.tools = None
         self.obs_head, self.obs_tail = self._tool_message_frame()
 
     def _tool_message_frame(self) -> tuple[str, str]:
@@ -380,7 +415,7 @@ class ToolCallProtocol(_Observations):
             {"role": "tool", "name": "search", "content": _MARK},
         ]
         text = self.tokenizer.apply_chat_template(
-            messages, tools=[SEARCH_TOOL], tokenize=False, add_generation_prompt=True
+            messages, tools=self.tools, tokenize=False, add_generation_prompt=True
         )
         if text.count(_MARK) != 2:
             raise ValueError(
@@ -391,9 +426,10 @@ class ToolCallProtocol(_Observations):
         return head, tail
 
     def prompt_text(self, question: str) -> str:
-        """The chat-template prompt: optional system message, tools, user message, assistant header."""
+        """The chat-template prompt: system message, tools, user message, assistant header (the tools in the
+        system message when the template does not render them)."""
         user = _fill_question(self.prompt_template, question)
-        return _chat_prompt(self.tokenizer, self.system_prompt, user, [SEARCH_TOOL])
+        return _chat_prompt(self.tokenizer, self.system_prompt, user, self.tools)
 
     def prompt_ids(self, question: str) -> list[int]:
         """Token ids of prompt_text (the chat template holds any BOS)."""

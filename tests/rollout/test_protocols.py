@@ -317,3 +317,62 @@ def test_make_protocol_from_the_config(tok):
     )
     assert isinstance(tc, ToolCallProtocol) and tc.answer_probe_text == "<ans>"
     assert tc.prompt_text("Who?").startswith("<|im_start|>system\nS.\n\n# Tools")
+
+
+# ------------------------------------------------------------------ a chat template that ignores `tools`
+SMOLLM2_LIKE_TEMPLATE = (  # SmolLM2-Instruct's template: no tools, a default system message, every role verbatim
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are SmolLM.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def no_tools_tok():
+    tok = make_tokenizer()
+    tok.chat_template = SMOLLM2_LIKE_TEMPLATE
+    return tok
+
+
+def test_a_template_that_ignores_tools_gets_the_schema_in_the_system_message(no_tools_tok, tok):
+    from igpo_rlhf.rollout.protocols import template_renders_tools
+
+    assert template_renders_tools(tok) and not template_renders_tools(no_tools_tok)
+    p = ToolCallProtocol(no_tools_tok, prompt_template="Q: {question}", document_template=DOC_TEMPLATE,
+                         answer_probe="<answer>", system_prompt="Be brief.")  # fmt: skip
+    schema = (
+        '{"name": "search", "description": "Search a passage corpus. Returns the top passages for each query.", '
+        '"parameters": {"type": "object", "properties": {"query_list": {"type": "array", "items": {"type": '
+        '"string"}, "description": "One or more search queries."}}, "required": ["query_list"]}}'
+    )
+    assert p.prompt_text("why?") == (
+        "<|im_start|>system\nBe brief.\n\n"
+        "You can call tools. Each tool is described by a JSON schema inside <tools></tools>:\n"
+        f"<tools>\n{schema}\n</tools>\n"
+        "To call a tool, write one JSON object with the tool's name and arguments inside <tool_call></tool_call>:\n"
+        '<tool_call>\n{"name": "search", "arguments": {"query_list": ["your query"]}}\n</tool_call>\n'
+        "The tool's result comes back in the next message.<|im_end|>\n"
+        "<|im_start|>user\nQ: why?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # the syntax the model is told to use is the one parsed
+    told = '<tool_call>\n{"name": "search", "arguments": {"query_list": ["your query"]}}\n</tool_call>'
+    assert p.parse(told) == Action(kind="search", queries=("your query",))
+    # an observation is a tool message: the template's rendering of the whole conversation, delta by delta
+    turn = p.demo_turn_text(think="look it up", queries=["alpha"])
+    obs = p.observation_text(HITS[:1])
+    assert obs == (
+        "<|im_end|>\n<|im_start|>tool\nDoc 1(Title: A) alpha\nDoc 2(Title: B) beta<|im_end|>\n<|im_start|>assistant\n"
+    )
+    conversation = [
+        {"role": "system", "content": p.system_prompt},
+        {"role": "user", "content": "Q: why?"},
+        {"role": "assistant", "content": turn},
+        {"role": "tool", "name": "search", "content": "Doc 1(Title: A) alpha\nDoc 2(Title: B) beta"},
+    ]
+    rendered = no_tools_tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert p.prompt_text("why?") + turn + obs == rendered
+    # without a configured system prompt the schema is the whole system message (no default one)
+    bare = ToolCallProtocol(no_tools_tok, prompt_template="{question}", document_template=DOC_TEMPLATE,
+                            answer_probe="<answer>")  # fmt: skip
+    assert bare.prompt_text("x").startswith("<|im_start|>system\nYou can call tools.")

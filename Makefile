@@ -28,7 +28,7 @@ CONFIG ?= configs/demo.yaml
 GPUS ?=
 SHARED ?= ../shared
 
-.PHONY: help install test lint format demo train search-proxy bench-scorer bench-search bench-retrieval bench-step clean
+.PHONY: help install browser test lint format demo train search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer clean
 
 help:
 	@echo "make demo          IGPO training on CPU with the built-in world (DATA=wiki: the shipped data; RUN_DIR=...)"
@@ -36,7 +36,8 @@ help:
 	@echo "make train CONFIG=... [GPUS=N] train on this machine (Ray started locally)"
 	@echo "make search-proxy  serve the search proxy (SEARCH_CONFIG=configs/search/bm25_wiki.yaml)"
 	@echo "make bench-*       benchmarks in bench/ (see bench/RESULTS.md; BENCH_ARGS=... passes flags)"
-	@echo "make lint | format | install | clean"
+	@echo "make view RUN_DIR=runs/demo  browse a run (or an eval directory) at http://127.0.0.1:8000/"
+	@echo "make lint | format | install | browser | clean"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,16 @@ $(STAMP): setup.py Makefile | $(VENV)/bin/python
 
 install: $(STAMP)
 
+# The viewer's browser tests (tests/viewer, marker `browser`) drive Debian's headless Chromium through its
+# chromedriver; installed here when missing (as root, or through sudo). Nothing else downloads a browser.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		echo "installing chromium + chromium-driver (Debian packages) for the browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -59,7 +70,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -109,6 +120,14 @@ bench-retrieval: $(STAMP)
 # make bench-step: the tiny demo config with grpo and with igpo side by side (bench/RESULTS.md).
 bench-step: $(STAMP) $(DEMO_MODEL)
 	$(PY) bench/step.py -c configs/demo.yaml $(BENCH_ARGS)
+
+# make view [RUN_DIR=runs/demo]: the run viewer (igpo view) on 127.0.0.1:8000.
+view: $(STAMP)
+	$(PY) -m igpo_rlhf.cli view $(RUN_DIR)
+
+# make bench-viewer: a synthetic run of 100k trajectories; how long the viewer takes to open it.
+bench-viewer: $(STAMP)
+	$(PY) bench/viewer.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs build *.egg-info .pytest_cache .ruff_cache

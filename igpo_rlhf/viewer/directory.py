@@ -37,6 +37,7 @@ class EvalScores:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     avg: dict[str, Any] = field(default_factory=dict)
     setting: dict[str, Any] = field(default_factory=dict)
+    beliefs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per source: mean b_t by turn t
     table_md: str | None = None
 
 
@@ -177,7 +178,7 @@ class ViewedDirectory:
     def _scores(self, raw: dict[str, Any] | None) -> EvalScores:
         scores = EvalScores()
         if raw is not None:
-            for key in ("sources", "avg", "setting"):
+            for key in ("sources", "avg", "setting", "beliefs"):
                 value = raw.get(key, {})
                 if isinstance(value, dict):
                     setattr(scores, key, value)

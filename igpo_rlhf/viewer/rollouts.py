@@ -3,8 +3,8 @@
 
 Nothing is read when a directory is opened. A file is indexed the first time it is listed: one pass over
 its lines records each line's byte offset and a `RowSummary` (what the trajectory list filters and sorts
-on). The token ids -- most of a row -- are cut out of the line before it is parsed, so indexing costs the
-JSON of the texts only. A whole row is parsed when one trajectory is shown, by seeking to its offset.
+on). The token ids -- most of a row -- are cut out of the line before it is parsed (their number is where
+the last turn span ends), so indexing costs the JSON of the texts only. A whole row is parsed when one trajectory is shown, by seeking to its offset.
 
 Bad lines do not stop anything: a line that is not JSON, a cut last line and a row missing keys each
 become a `Problem` naming the file and line, reported on the page; the other rows stay listed.
@@ -161,37 +161,42 @@ def summarize(
     )
 
 
-def _without_token_ids(line: bytes) -> tuple[bytes, int]:
-    """The line with its token id array emptied, and the number of ids cut (-1: no array found)."""
+def _without_token_ids(line: bytes) -> tuple[bytes, bool]:
+    """The line with its token id array emptied (True), or the line as it is (False: no array found)."""
     m = _TOKEN_IDS.search(line)
-    if m is None:
-        return line, -1
-    end = line.find(b"]", m.end())
+    end = line.find(b"]", m.end()) if m is not None else -1
     if end < 0:
-        return line, -1
-    body = line[m.end() : end]
-    n = body.count(b",") + 1 if body.strip() else 0
-    return line[: m.end()] + line[end:], n
+        return line, False
+    return line[: m.end()] + line[end:], True
+
+
+def _token_count(row: dict[str, Any], cut: bool) -> int:
+    """len(token_ids): the end of the last turn span (the spans tile the ids; Trajectory.validate)."""
+    if not cut:
+        return len(row["token_ids"]) if isinstance(row.get("token_ids"), list) else 0
+    spans = row.get("turn_spans")
+    try:
+        return int(spans[-1][1])
+    except (TypeError, IndexError, ValueError):
+        return 0
 
 
 def _parse_line(line: bytes) -> tuple[dict[str, Any] | None, int, str | None]:
     """(row, number of token ids, error): the row parsed without its token ids when that is safe."""
-    light, n_tokens = _without_token_ids(line)
+    light, cut = _without_token_ids(line)
     try:
         row = json.loads(light)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        if light is line:
+        if not cut:
             return None, 0, str(err)
         try:  # the cut went wrong somewhere (an odd layout): parse the whole line
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as err2:
             return None, 0, str(err2)
-        n_tokens = len(row.get("token_ids") or []) if isinstance(row, dict) else 0
+        cut = False
     if not isinstance(row, dict):
         return None, 0, f"a JSON {type(row).__name__}, not an object"
-    if n_tokens < 0:
-        n_tokens = len(row["token_ids"]) if isinstance(row.get("token_ids"), list) else 0
-    return row, n_tokens, None
+    return row, _token_count(row, cut), None
 
 
 class RolloutsFile:

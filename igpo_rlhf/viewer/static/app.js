@@ -216,7 +216,10 @@ async function overviewPage(info) {
 
 function evalOverview(info) {
   const sc = info.scores || {sources: {}, avg: {}, setting: {}};
-  const cols = ["n", "em", "f1", "f1_igpo", "cover_em", "format_fail", "turns", "searches", "response_tokens"];
+  const preferred = ["n", "em", "f1", "f1_igpo", "cover_em", "format_fail", "turns", "searches", "response_tokens"];
+  const all = [sc.avg || {}, ...Object.values(sc.sources)];
+  const present = new Set(all.flatMap(v => Object.keys(v).filter(k => typeof v[k] === "number")));
+  const cols = [...preferred.filter(c => present.has(c)), ...[...present].filter(c => !preferred.includes(c)).sort()];
   const row = (name, v, cls) => h("tr", {class: cls || ""},
     h("td", {}, name === "avg" ? h("strong", {}, "average") : h("a", {href: href("/trajectories", {part: "eval", source: name})}, name)),
     cols.map(c => h("td", {class: "r"}, num(v[c], c === "n" ? (v[c] ?? "–") : fmt(v[c])))));
@@ -241,12 +244,20 @@ function evalOverview(info) {
     }
   };
   walk(sc.setting, "");
+  const curves = Object.entries(sc.beliefs || {}).filter(([, points]) => points.length);
+  const beliefs = curves.length ? chartCard("Mean belief b_t in the gold answer, by turn", body => lineChart(body, {
+    series: curves.map(([name, points], k) => ({name, color: PALETTE[k % PALETTE.length],
+                                                points: points.map(p => [p.t, p.mean_b])})),
+    xLabel: "t", axisLabel: false, markers: true, zeroLine: true, height: 220, label: "belief by turn",
+    xFormat: t => (t === 0 ? "prompt" : `t=${t}`),
+    tipFormat: (v, s) => `${fmt(v)} (n ${((sc.beliefs[s.name] || []).find(p => p.mean_b === v) || {}).n ?? "?"})`})) : null;
+  if (beliefs) beliefs.id = "eval-beliefs";
   MAIN.replaceChildren(
     h("section", {class: "card run-head"}, h("h2", {}, info.name), h("div", {class: "chips"},
       h("span", {class: "chip"}, "eval directory"), h("span", {class: "chip"}, `${sources.length} sources`)),
       h("a", {class: "button", href: href("/trajectories", {part: "eval"})}, "Browse rollouts →")),
     h("section", {class: "card"}, h("h3", {}, "Scores per source"), table),
-    sources.length ? f1Chart : "",
+    sources.length ? f1Chart : "", beliefs || "",
     h("section", {class: "card"}, h("h3", {}, "Setting"), flat.length
       ? h("table", {class: "kv"}, h("tbody", {}, flat.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))
       : h("p", {class: "muted"}, "scores.json records no setting.")),
@@ -300,31 +311,42 @@ async function listPage(info) {
   const later = () => { clearTimeout(timer); timer = setTimeout(load, 250); };
   const set = (k, v) => { state[k] = v; if (k !== "page") state.page = ""; load(); };
 
-  function select(key, label, options, current) {
-    return h("label", {}, h("span", {}, label), h("select", {name: key, onchange: ev => set(key, ev.target.value)},
-      options.map(([v, text]) => h("option", {value: v, selected: String(v) === String(current)}, text))));
+  // The filter bar is built once (the text box keeps its focus while typing); each reload refreshes the
+  // menus' options with the counts of the listed rows.
+  const FILTERS = [["part", info.kind === "run" ? "Step" : "Part"], ["outcome", "Outcome"], ["finish", "Finish"],
+                   ["turns", "Turns"], ["searches", "Searches"], ["source", "Source"], ["sort", "Sort by"],
+                   ["order", "Order"], ["per_page", "Per page"]];
+  const menus = {};
+  const text = h("input", {type: "search", name: "q", placeholder: "question contains…", value: state.q,
+                           oninput: ev => { state.q = ev.target.value; state.page = ""; later(); }});
+  for (const [key, label] of FILTERS) {
+    menus[key] = h("label", {}, h("span", {}, label), h("select", {name: key, onchange: ev => set(key, ev.target.value)}));
+    bar.append(menus[key]);
+    if (key === "part") bar.append(h("label", {class: "grow"}, h("span", {}, "Question"), text));
   }
   function drawFilters(data) {
     const f = data.page.facets;
     const counted = (obj, name) => Object.entries(obj).map(([k, n]) => [k, `${name ? name(k) : k} (${n})`]);
-    const partOptions = info.parts.map(p => [p.key, p.step !== null ? `step ${p.step}` : p.key]);
-    if (info.kind === "run" && info.parts.length > 1) partOptions.push(["all", "all steps"]);
-    const text = h("input", {type: "search", name: "q", placeholder: "question contains…", value: state.q,
-                             oninput: ev => { state.q = ev.target.value; state.page = ""; later(); }});
-    bar.replaceChildren(...[
-      select("part", info.kind === "run" ? "Step" : "Part", partOptions, data.part),
-      h("label", {class: "grow"}, h("span", {}, "Question"), text),
-      select("outcome", "Outcome", [["", "any"], ...counted(f.outcomes, k => OUTCOME_LABEL[k] || k)], state.outcome),
-      select("finish", "Finish", [["", "any"], ...counted(f.finish_reasons)], state.finish),
-      select("turns", "Turns", [["", "any"], ...counted(f.turns)], state.turns),
-      select("searches", "Searches", [["", "any"], ...counted(f.searches)], state.searches),
-      Object.keys(f.sources).length ? select("source", "Source", [["", "any"], ...counted(f.sources)], state.source) : null,
-      select("sort", "Sort by", SORTS, state.sort || "order"),
-      select("order", "Order", [["desc", "high → low"], ["asc", "low → high"]], state.order || "desc"),
-      select("per_page", "Per page", [["25", "25"], ["50", "50"], ["100", "100"], ["200", "200"]], state.per_page || "50"),
-    ].filter(Boolean));
-    const focused = document.activeElement && document.activeElement.name === "q";
-    if (focused) { text.focus(); text.setSelectionRange(text.value.length, text.value.length); }
+    const parts = info.parts.map(p => [p.key, p.step !== null ? `step ${p.step}` : p.key]);
+    if (info.kind === "run" && info.parts.length > 1) parts.push(["all", "all steps"]);
+    const options = {
+      part: [parts, data.part],
+      outcome: [[["", "any"], ...counted(f.outcomes, k => OUTCOME_LABEL[k] || k)], state.outcome],
+      finish: [[["", "any"], ...counted(f.finish_reasons)], state.finish],
+      turns: [[["", "any"], ...counted(f.turns)], state.turns],
+      searches: [[["", "any"], ...counted(f.searches)], state.searches],
+      source: [[["", "any"], ...counted(f.sources)], state.source],
+      sort: [SORTS, state.sort || "order"],
+      order: [[["desc", "high → low"], ["asc", "low → high"]], state.order || "desc"],
+      per_page: [[["25", "25"], ["50", "50"], ["100", "100"], ["200", "200"]], state.per_page || "50"],
+    };
+    for (const [key, [opts, current]] of Object.entries(options)) {
+      const sel = menus[key].querySelector("select");
+      if (current && !opts.some(([v]) => String(v) === String(current))) opts.push([current, `${current} (0)`]);
+      sel.replaceChildren(...opts.map(([v, label]) => h("option", {value: v}, label)));
+      sel.value = current || "";
+    }
+    menus.source.hidden = !Object.keys(f.sources).length;
   }
   function drawTable(data) {
     const p = data.page;
@@ -551,7 +573,8 @@ async function groupPage(info, part, groupId) {
     series: withBeliefs.map((r, k) => ({name: `sample ${r.sample_id}`, color: PALETTE[k % PALETTE.length],
                                         points: r.log_beliefs.map((v, t) => [t, Math.exp(v)])})),
     xLabel: "t", axisLabel: false, height: 200, markers: true, zeroLine: true, xFormat: t => (t === 0 ? "prompt" : `t=${t}`),
-    label: "beliefs of the group"})) : null;
+    label: "beliefs of the group"}), h("div", {class: "legend"}, withBeliefs.map((r, k) => h("span", {class: "legend-item"},
+      h("span", {class: "swatch", style: `background:${PALETTE[k % PALETTE.length]}`}), `sample ${r.sample_id}`)))) : null;
   const heads = [h("th", {}, "sample"), h("th", {}, "outcome"), h("th", {class: "r"}, "r_T"),
                  ...Array.from({length: maxT}, (_, t) => h("th", {}, `turn ${t + 1}`))];
   const rows = g.rollouts.map(r => h("tr", {dataset: {index: r.index, sample: r.sample_id}},

@@ -60,13 +60,20 @@ function lineChart(container, opts) {
   const X = x => m.left + (x - x0) / (x1 - x0) * (width - m.left - m.right);
   const Y = y => height - m.bottom - (y - y0) / (y1 - y0) * (height - m.top - m.bottom);
   const yFormat = opts.yFormat || (v => formatNumber(v));
+  // tick labels with as many decimals as the tick spacing needs (0.5, 1.0, 1.5 -> 0.5 1.0 1.5; 25, 30 -> 25 30)
+  const spacing = yt.length > 1 ? yt[1] - yt[0] : 1;
+  const tickDigits = Math.min(6, Math.max(0, Math.ceil(-Math.log10(spacing) - 1e-9)));
+  const tickFormat = opts.yFormat || (v => {
+    const a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e5 || tickDigits > 4) ? v.toExponential(1) : v.toFixed(tickDigits);
+  });
   const xFormat = opts.xFormat || (v => String(v));
 
   const grid = svg("g", {class: "chart-gridlines"}, root);
   for (const v of yt) {
     svg("line", {x1: m.left, x2: width - m.right, y1: Y(v), y2: Y(v), class: v === 0 ? "zero" : ""}, grid);
     const label = svg("text", {x: m.left - 6, y: Y(v) + 4, "text-anchor": "end", class: "chart-tick"}, root);
-    label.textContent = yFormat(v);
+    label.textContent = tickFormat(v);
   }
   const xt = opts.xTicks || (Number.isInteger(x0) && Number.isInteger(x1) && x1 - x0 <= 12
     ? xs : niceTicks(x0, x1, Math.max(2, Math.floor(width / 90))).filter(v => v >= x0 && v <= x1));

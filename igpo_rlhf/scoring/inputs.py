@@ -57,14 +57,11 @@ def check_inputs(
             _as_ids(alias, f"answers[{i}][{m}]", vocab_size).tolist()
             for m, alias in enumerate([] if answers is None or answers[i] is None else answers[i])
         ]
-        if points:
-            if not aliases:
-                raise ValueError(
-                    f"answers[{i}] has no gold alias but belief_points[{i}] asks for {len(points)} beliefs: "
-                    "give at least one alias (a non-empty list of token ids)"
-                )
-            if not probe:
-                raise ValueError("probe_ids is empty: give the token ids that open an answer (e.g. <answer>)")
+        if points and not aliases:
+            raise ValueError(
+                f"answers[{i}] has no gold alias but belief_points[{i}] asks for {len(points)} beliefs: "
+                "give at least one alias (a non-empty list of token ids)"
+            )
         for m, alias in enumerate(aliases):
             if not alias:
                 raise ValueError(f"answers[{i}][{m}] is empty: a gold alias needs at least one token id")

@@ -28,7 +28,8 @@ class ProbeBlock:
     """One probe block: probe + answer[:-1] for one (trajectory row, belief point, alias).
 
     Its query tokens sit at positions p, p+1, ... (continuing the prefix ids[:p]); the token at probe index
-    len(probe)-1+j predicts answer token a_{j+1}.
+    len(probe)-1+j predicts answer token a_{j+1}. With an empty probe the block is answer[:-1] alone: a_1 is
+    predicted by the context's last token ids[p-1] (the trajectory pass), and block token j predicts a_{j+2}.
     """
 
     row: int  # row of the batch (its KV cache row)
@@ -58,26 +59,35 @@ def probe_rounds(
     """Lays the probe blocks of each row out in rounds of at most row_budget query tokens per row.
 
     A block is never split (a row takes at least one block per round even if it alone exceeds row_budget).
+    Blocks without query tokens (empty probe, one-token answer: everything comes from the trajectory pass)
+    are left out.
     """
-    queues = [list(blocks) for blocks in rows]
+    queues = [[b for b in blocks if block_len(b, probe_ids) > 0] for blocks in rows]
     while any(queues):
         taken = []
         for queue in queues:
             row_blocks, used = [], 0
-            while queue and (not row_blocks or used + _block_len(queue[0], probe_ids) <= row_budget):
-                used += _block_len(queue[0], probe_ids)
+            while queue and (not row_blocks or used + block_len(queue[0], probe_ids) <= row_budget):
+                used += block_len(queue[0], probe_ids)
                 row_blocks.append(queue.pop(0))
             taken.append(row_blocks)
         yield _lay_out(taken, probe_ids)
 
 
-def _block_len(block: ProbeBlock, probe_ids: Sequence[int]) -> int:
+def block_len(block: ProbeBlock, probe_ids: Sequence[int]) -> int:
+    """Query tokens of the block: probe + answer[:-1]."""
     return len(probe_ids) + len(block.answer) - 1
+
+
+def answer_tokens_in_block(block: ProbeBlock, probe_ids: Sequence[int]) -> int:
+    """Answer tokens the probe pass predicts for the block: all of them, or all but a_1 when the probe is
+    empty (a_1 then comes from the trajectory pass)."""
+    return len(block.answer) - (0 if probe_ids else 1)
 
 
 def _lay_out(taken: list[list[ProbeBlock]], probe_ids: Sequence[int]) -> ProbeRound:
     n_rows = len(taken)
-    width = max(1, max(sum(_block_len(b, probe_ids) for b in row) for row in taken))
+    width = max(1, max(sum(block_len(b, probe_ids) for b in row) for row in taken))
     input_ids = torch.zeros(n_rows, width, dtype=torch.long)
     position_ids = torch.zeros(n_rows, width, dtype=torch.long)
     cache_limit = torch.zeros(n_rows, width, dtype=torch.long)
@@ -93,10 +103,12 @@ def _lay_out(taken: list[list[ProbeBlock]], probe_ids: Sequence[int]) -> ProbeRo
             position_ids[b, start:end] = torch.arange(block.position, block.position + len(tokens))
             cache_limit[b, start:end] = block.position
             block_start[b, start:end] = start
-            first = start + len(probe_ids) - 1  # the last probe token predicts a_1
-            answer_rows += [b] * len(block.answer)
-            answer_cols += range(first, first + len(block.answer))
-            answer_ids += block.answer
+            # the last probe token predicts a_1; with an empty probe the block's first token (a_1) predicts a_2
+            first = start + max(len(probe_ids) - 1, 0)
+            predicted = block.answer[len(block.answer) - answer_tokens_in_block(block, probe_ids) :]
+            answer_rows += [b] * len(predicted)
+            answer_cols += range(first, first + len(predicted))
+            answer_ids += predicted
             blocks.append(block)
             start = end
     return ProbeRound(

@@ -9,7 +9,9 @@ For a batch of trajectories (right-padded):
 2. Probe pass: every probe block (probe + answer[:-1], one per belief point and alias) in one forward against
    that cache, with explicit position_ids p, p+1, ... and a rectangular additive mask [B, 1, Q, L + Q] in which
    each block sees the cache up to its belief point p and itself causally (`block_attention_mask`). Its hidden
-   states give log π(a_j | ids[:p], probe, a_<j) for every answer token.
+   states give log π(a_j | ids[:p], probe, a_<j) for every answer token. An empty probe is valid: the belief is
+   then log π(answer | ids[:p]) directly, and a_1 is predicted by the hidden state of ids[p-1], which the
+   trajectory pass already has (a one-token answer then needs no probe pass at all).
 
 The cost over the old-log-prob pass is the probe tokens only, and memory is linear in the context length (no
 L x L mask: the trajectory pass lets sdpa apply causality itself). We write this ourselves: OpenRLHF computes
@@ -26,7 +28,13 @@ from transformers import DynamicCache, PreTrainedModel
 from igpo_rlhf.algo.belief import log_belief, reduce_aliases
 from igpo_rlhf.scoring.inputs import CheckedTrajectory, TokenIds, check_inputs
 from igpo_rlhf.scoring.masks import block_attention_mask
-from igpo_rlhf.scoring.plan import ProbeBlock, ProbeRound, batches_within_budget, probe_rounds
+from igpo_rlhf.scoring.plan import (
+    ProbeBlock,
+    ProbeRound,
+    answer_tokens_in_block,
+    batches_within_budget,
+    probe_rounds,
+)
 
 DEFAULT_TOKEN_BUDGET = 16384  # padded query tokens per forward pass, and rows × longest row per batch
 DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] logits at most
@@ -70,6 +78,7 @@ def score_trajectories(
     action_masks[i]: 0/1 per token of sequences[i]; token log-probs are computed only where it is 1.
     token_budget: most padded tokens per forward pass (and rows × longest row per batch, the KV cache size).
     logits_chunk: most hidden states projected to the vocabulary at once.
+    probe_ids may be empty (the belief is then the answer's mean log-prob right after the context).
     Raises ValueError naming the trajectory for bad input (a belief point outside 1..len, an empty answer, ids
     outside the vocabulary, lists of different lengths).
     """
@@ -249,17 +258,11 @@ def _score_batch(
     token_budget: int,
     logits_chunk: int,
 ) -> None:
-    """Scores one batch in place: the trajectory pass (and its token log-probs), then the probe rounds."""
-    cache = _trajectory_pass(
-        decoder,
-        lm_head,
-        trajectories,
-        run_lengths,
-        token_log_probs=token_log_probs,
-        temperature=temperature,
-        token_budget=token_budget,
-        logits_chunk=logits_chunk,
-    )
+    """Scores one batch in place: the trajectory pass (and its token log-probs), then the probe rounds.
+
+    Each block's answer-token log-probs are collected (a_1 from the trajectory pass when the probe is empty,
+    the rest from the probe rounds), then reduced to its log b, appended in alias order.
+    """
     rows_of_blocks = [
         [
             ProbeBlock(row=b, point=k, alias=m, position=p, answer=alias)
@@ -268,10 +271,32 @@ def _score_batch(
         ]
         for b, t in enumerate(trajectories)
     ]
+    blocks = [block for row in rows_of_blocks for block in row]
+    # empty probe: log π(a_1 | ids[:p]) is read from the hidden state of ids[p-1] in the trajectory pass
+    heads = [] if probe else [(block.row, block.position - 1, block.answer[0]) for block in blocks]
+    cache, head_log_probs = _trajectory_pass(
+        decoder,
+        lm_head,
+        trajectories,
+        run_lengths,
+        token_log_probs=token_log_probs,
+        heads=heads,
+        temperature=temperature,
+        token_budget=token_budget,
+        logits_chunk=logits_chunk,
+    )
+    pieces: dict[tuple[int, int, int], list[torch.Tensor]] = {
+        (block.row, block.point, block.alias): [] if probe else [head_log_probs[i : i + 1]]
+        for i, block in enumerate(blocks)
+    }
     for probe_round in probe_rounds(
         rows_of_blocks, probe, row_budget=max(1, token_budget // len(trajectories))
     ):
-        _probe_pass(decoder, lm_head, cache, probe_round, alias_beliefs, logits_chunk)
+        for block, log_probs in _probe_pass(decoder, lm_head, cache, probe_round, probe, logits_chunk):
+            pieces[(block.row, block.point, block.alias)].append(log_probs)
+    for block in blocks:
+        log_probs = torch.cat(pieces[(block.row, block.point, block.alias)])
+        alias_beliefs[block.row][block.point].append(log_belief(log_probs))
 
 
 def _trajectory_pass(
@@ -281,11 +306,14 @@ def _trajectory_pass(
     run_lengths: list[int],
     *,
     token_log_probs: list[torch.Tensor] | None,
+    heads: list[tuple[int, int, int]],
     temperature: float,
     token_budget: int,
     logits_chunk: int,
-) -> DynamicCache:
-    """One causal pass over the right-padded batch [B, W]; fills token_log_probs in place, returns the KV cache.
+) -> tuple[DynamicCache, torch.Tensor]:
+    """One causal pass over the right-padded batch [B, W]; fills token_log_probs in place and returns the KV
+    cache and, for each (row, position, target) of `heads`, log π(target | ids[:position + 1]) at temperature
+    1 ([len(heads)] float32, the first answer token of an empty-probe block).
 
     Runs in chunks of at most token_budget padded tokens (one chunk unless a single trajectory exceeds the
     budget). The first chunk passes no mask, so sdpa applies causality itself (no W x W mask); a later chunk
@@ -302,6 +330,11 @@ def _trajectory_pass(
             n_targets = len(t.ids) - 1
             target_ids[b, :n_targets] = t.ids[1:]
             wanted[b, :n_targets] = True if t.action_mask is None else t.action_mask[1:]
+
+    head_rows = torch.tensor([h[0] for h in heads], dtype=torch.long)  # [K]
+    head_cols = torch.tensor([h[1] for h in heads], dtype=torch.long)  # [K] hidden state ids[p-1]
+    head_targets = torch.tensor([h[2] for h in heads], dtype=torch.long)  # [K] a_1
+    head_log_probs = torch.zeros(len(heads), dtype=torch.float32)
 
     cache = DynamicCache(config=decoder.config)
     chunk = max(1, token_budget // n_rows)
@@ -330,7 +363,16 @@ def _trajectory_pass(
             for b in range(n_rows):
                 of_row = rows == b
                 token_log_probs[b][start + cols[of_row] + 1] = log_probs[of_row]
-    return cache
+        in_chunk = ((head_cols >= start) & (head_cols < end)).nonzero(as_tuple=True)[0]
+        if len(in_chunk):
+            head_log_probs[in_chunk] = _log_probs(
+                lm_head,
+                hidden[head_rows[in_chunk].to(device), (head_cols[in_chunk] - start).to(device)],
+                head_targets[in_chunk],
+                1.0,  # beliefs are the policy's own probabilities
+                logits_chunk,
+            ).cpu()
+    return cache, head_log_probs
 
 
 def _probe_pass(
@@ -338,11 +380,11 @@ def _probe_pass(
     lm_head: nn.Module,
     cache: DynamicCache,
     probe_round: ProbeRound,
-    alias_beliefs: list[list[list[float]]],
+    probe: list[int],
     logits_chunk: int,
-) -> None:
-    """The round's probe blocks in one forward against the trajectory cache [B, *, W, *]; appends each block's
-    log b (its alias's mean answer-token log-prob) to alias_beliefs[row][point] (every alias has its own block)."""
+) -> list[tuple[ProbeBlock, torch.Tensor]]:
+    """The round's probe blocks in one forward against the trajectory cache [B, *, W, *]; for each block, the
+    log-probs of the answer tokens its queries predict (all of them, or a_2.. with an empty probe)."""
     device, dtype = lm_head.weight.device, lm_head.weight.dtype
     width = cache.get_seq_length()
     mask = block_attention_mask(
@@ -364,9 +406,8 @@ def _probe_pass(
         logits_chunk,
     ).cpu()  # [N] log π(a_j | ids[:p], probe, a_<j)
     # answer tokens are laid out block after block, so each block's log-probs are one contiguous slice
-    per_block = answer_log_probs.split([len(block.answer) for block in probe_round.blocks])
-    for block, log_probs in zip(probe_round.blocks, per_block, strict=True):
-        alias_beliefs[block.row][block.point].append(log_belief(log_probs))
+    per_block = answer_log_probs.split([answer_tokens_in_block(b, probe) for b in probe_round.blocks])
+    return list(zip(probe_round.blocks, per_block, strict=True))
 
 
 def _log_probs(

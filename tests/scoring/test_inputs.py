@@ -79,7 +79,6 @@ CASES = {
     "ragged token ids": (broken(sequences=replace_1([[5, 6], [7]])), r"sequences\[1\] must be a flat list"),
     "empty trajectory": (broken(sequences=replace_1([])), r"sequences\[1\] is empty"),
     "probe id past the vocabulary": (broken(probe_ids=lambda p: [7, VOCAB]), r"probe_ids holds token id 300"),
-    "empty probe": (broken(probe_ids=lambda p: []), r"probe_ids is empty"),
     "fewer belief point lists": (
         broken(belief_points=lambda b: b[:2]),
         r"belief_points has 2 entries but sequences has 3",

@@ -179,6 +179,53 @@ def test_test_model_is_sensitive_to_positions():
     assert abs(wrong - naive_belief(model, ids, p, PROBE, alias)) > 1e-2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("token_budget", [16, 10**4])
+def test_empty_probe_scores_the_answer_right_after_the_context(family, token_budget):
+    """probe = []: a_1 is predicted by the context's last token (ids[p-1], from the trajectory pass), the rest
+    by the probe block answer[:-1]; one-token answers need no probe pass. Equal to one plain forward per point."""
+    model = tiny_model(family)
+    sequences, belief_points, answers, action_masks = make_batch(seed=6)
+    answers[0] = [[5], [11, 12]]  # a one-token alias beside a longer one
+    answers[5] = [[9]]  # the one-token trajectory, with a one-token answer only
+    result = score_trajectories(
+        model,
+        sequences,
+        belief_points,
+        [],
+        answers,
+        action_masks=action_masks,
+        token_budget=token_budget,
+        logits_chunk=3,
+    )
+    expected = naive_beliefs(model, sequences, belief_points, [], answers)
+    assert_close(result.beliefs, expected, 1e-4)
+    # the empty probe changes the numbers: the same call with a probe gives other beliefs
+    with_probe = naive_beliefs(model, sequences, belief_points, PROBE, answers)
+    assert abs(expected[2][0] - with_probe[2][0]) > 1e-2
+    for i, ids in enumerate(sequences):
+        torch.testing.assert_close(
+            result.token_log_probs[i],
+            naive_token_log_probs(model, ids, action_mask=action_masks[i]),
+            atol=1e-4,
+            rtol=0,
+        )
+
+
+def test_empty_probe_with_one_token_answers_runs_no_probe_pass():
+    model = tiny_model("qwen2")
+    sequences, belief_points, _, _ = make_batch(seed=7)
+    answers = [[[5], [6]] for _ in sequences]
+    calls = []
+    hook = model.get_decoder().register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        beliefs = score_beliefs(model, sequences, belief_points, [], answers)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the trajectory pass only
+    assert_close(beliefs, naive_beliefs(model, sequences, belief_points, [], answers), 1e-4)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_layouts_match_naive(seed):
     """Random lengths, points (repeats allowed), aliases, masks, temperature and budget, both families."""
@@ -192,7 +239,7 @@ def test_random_layouts_match_naive(seed):
         for _ in range(n)
     ]
     action_masks = [[rng.randint(0, 1) for _ in ids] for ids in sequences]
-    probe = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 4))]
+    probe = [rng.randrange(VOCAB) for _ in range(rng.randint(0, 4))]  # empty: log p(answer | context)
     temperature = rng.choice([0.5, 1.0, 1.3])
     result = score_trajectories(
         model,

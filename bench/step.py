@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for est in ("grpo", "igpo")
     }
-    prompts = prepare(cfgs["igpo"])
+    prompts = prepare(cfgs["igpo"]).prompts
     history: dict[str, list[dict[str, float]]] = {"grpo": [], "igpo": []}
     t0 = time.time()
     with start_proxy(cfgs["igpo"].search.proxy, port=0, log_file=root / "proxy.log") as proxy:

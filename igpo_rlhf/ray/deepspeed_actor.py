@@ -191,6 +191,17 @@ class DeepSpeedActor(DistributedActor):
         self.engine.save_checkpoint(path, tag="ds", save_latest=False)
         torch.save(capture_rng(), os.path.join(path, f"rng_rank{self.rank}.pt"))
 
+    def set_base_lr(self, lr: float) -> float:
+        """Set the schedule's base learning rate to `lr` (the rate now follows lr x schedule(step)); after a
+        collapse rollback the trainer lowers it. Returns the learning rate in effect now."""
+        self.scheduler.base_lrs = [float(lr) for _ in self.scheduler.base_lrs]
+        for group, base, factor in zip(
+            self.scheduler.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.scheduler.optimizer.param_groups]
+        return float(self.scheduler.get_last_lr()[0])
+
     def load_checkpoint(self, path: str) -> None:
         """Inverse of save_checkpoint (collective)."""
         load_path, _ = self.engine.load_checkpoint(path, tag="ds")

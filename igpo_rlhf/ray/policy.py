@@ -128,6 +128,22 @@ class PolicyActor(DeepSpeedActor):
                 out[name] = buffers[name].detach().to("cpu", copy=True)
         return out if self.rank == 0 else None
 
+    def export_hf(self, path: str, tokenizer_dir: str) -> None:
+        """The current weights as a standard Hugging Face directory at `path` (safetensors, config, generation
+        config, and the tokenizer of `tokenizer_dir`): what `from_pretrained` and `igpo eval --model` load.
+        Collective under ZeRO-3 (every rank gathers); rank 0 writes."""
+        state_dict = self.state_dict_for_sync()
+        if self.rank == 0:
+            from igpo_rlhf.models.loading import load_tokenizer
+
+            config = self.engine.module.config
+            config.use_cache = True  # off for training; a saved model generates with its KV cache
+            try:
+                self.engine.module.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+            finally:
+                config.use_cache = False
+            load_tokenizer(tokenizer_dir).save_pretrained(path)
+
     def broadcast_to_vllm(self, engines: list[Any], tensor_parallel_size: int, backend: str = "nccl") -> int:
         """NCCL broadcast of every parameter from rank 0 into the vLLM engines (GPU runs; collective).
 

@@ -4,8 +4,12 @@ Also `python ray_jobs/train.py -c CONFIG` (what `ray job submit` runs). Ray: `re
 RAY_ADDRESS (set by `ray job submit`), else a local Ray started here. Search: `search.url`, else a proxy
 subprocess started here with `search.proxy` settings (its log in run_dir/search_proxy.log).
 
+Validation: with `eval.every_n_steps` > 0 and `data.eval` set, a fixed subset of `eval.subset_size` held-out
+questions is evaluated at step 0, every N steps and at the end (`eval/...` metrics, checkpoints/best).
+
 Exit codes: 0 done; 2 a bad config, dataset row, model path or command line, or a run directory that
-does not fit the flags (message on stderr, no traceback); 1 anything else (traceback).
+does not fit the flags (message on stderr, no traceback); 3 the run collapsed and train.on_collapse
+stopped it (message on stderr; the checkpoints are kept); 1 anything else (traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,16 @@ from igpo_rlhf.config import Config, ConfigError, load_config
 from igpo_rlhf.rollout.trajectory import PromptItem
 
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the checkout holding igpo_rlhf and services
-_RUN_OUTPUTS = ("metrics.jsonl", "tensorboard", "rollouts", "checkpoints", "config.yaml", "search_proxy.log")
+_RUN_OUTPUTS = ("metrics.jsonl", "tensorboard", "rollouts", "eval_rollouts", "checkpoints", "config.yaml",
+                "events.jsonl", "search_proxy.log")  # fmt: skip
+
+
+@dataclass
+class RunInputs:
+    """The questions of a run: training prompts and the fixed validation subset (empty: no validation)."""
+
+    prompts: list[PromptItem]
+    eval_prompts: list[PromptItem]
 
 
 def start_ray(cfg: Config) -> bool:
@@ -46,23 +60,42 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
-def prepare(cfg: Config, *, resume: bool = False) -> list[PromptItem]:
-    """Every check of the run's inputs, before anything starts: the run directory (checkpoints there need
-    --resume), the model directory, and the training questions (a bad row is a ValueError naming file and
-    row). `world:` entries render the built-in world first, before the proxy serves its corpus. (The
-    config's cross-section constraints were checked when it was loaded.)"""
+def prepare(cfg: Config, *, resume: bool = False) -> RunInputs:
+    """Every check of the run's inputs, before anything starts: the engine (openai endpoints cannot be
+    trained), the run directory (checkpoints there need --resume), the model directory, and the training
+    and validation questions (a bad row is a ValueError naming file and row). `world:` entries render the
+    built-in world first, before the proxy serves its corpus. (The config's cross-section constraints were
+    checked when it was loaded.)"""
     from igpo_rlhf.data.datasets import load_questions
     from igpo_rlhf.models.loading import check_model_dir
     from igpo_rlhf.training.checkpoint import check_run_dir
 
+    if cfg.rollout.engine == "openai":
+        raise ConfigError(
+            "rollout.engine=openai samples from an endpoint whose weights the trainer cannot update: it serves "
+            "`igpo eval` only; train with rollout.engine=hf or vllm"
+        )
     check_run_dir(cfg.logging.run_dir, resume=resume)
     check_model_dir(cfg.model.path)
-    return load_questions(
+    prompts = load_questions(
         cfg.data.train, format=cfg.data.format, max_samples=cfg.data.max_train_samples, world=cfg.data.world
     )
+    return RunInputs(prompts, validation_prompts(cfg))
 
 
-def train(cfg: Config, prompts: list[PromptItem], *, resume: bool = False) -> list[dict[str, float]]:
+def validation_prompts(cfg: Config) -> list[PromptItem]:
+    """The fixed held-out subset validated during training (`data.eval`, `eval.subset_size`), or [] when
+    validation is off (`eval.every_n_steps` = 0 or no `data.eval`)."""
+    from igpo_rlhf.eval import load_eval_questions, validation_subset
+
+    if cfg.eval.every_n_steps == 0 or not cfg.data.eval:
+        return []
+    groups = load_eval_questions(cfg.data.eval, format=cfg.data.format, world=cfg.data.world)
+    questions = [q for items in groups.values() for q in items]
+    return validation_subset(questions, cfg.eval.subset_size, cfg.eval.subset_seed)
+
+
+def train(cfg: Config, inputs: RunInputs, *, resume: bool = False) -> list[dict[str, float]]:
     """Start the proxy (unless `search.url`) and Ray (unless running), train; the metrics of the steps run."""
     from igpo_rlhf.ray.trainer import Trainer
 
@@ -79,7 +112,7 @@ def train(cfg: Config, prompts: list[PromptItem], *, resume: bool = False) -> li
             proxy = start_proxy(cfg.search.proxy, port=0, log_file=run_dir / "search_proxy.log")
             url = proxy.url
         started_ray = start_ray(cfg)
-        trainer = Trainer(cfg, prompts, url, resume=resume)
+        trainer = Trainer(cfg, inputs.prompts, url, resume=resume, eval_prompts=inputs.eval_prompts)
         return trainer.run()
     finally:
         if trainer is not None:
@@ -115,15 +148,20 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        prompts = prepare(cfg, resume=args.resume)
+        inputs = prepare(cfg, resume=args.resume)
     except (ConfigError, ValueError) as exc:
         print(f"igpo train: {exc}", file=sys.stderr)
         return 2
+    from igpo_rlhf.ray.trainer import TrainingCollapsed
+
     try:
-        train(cfg, prompts, resume=args.resume)
+        train(cfg, inputs, resume=args.resume)
     except ConfigError as exc:  # found once the run directory is read (existing checkpoints, resume mismatch)
         print(f"igpo train: {exc}", file=sys.stderr)
         return 2
+    except TrainingCollapsed as exc:
+        print(f"igpo train: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

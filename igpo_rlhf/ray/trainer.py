@@ -15,6 +15,7 @@ and this module only moves typed records between actors, times each phase and ke
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,9 @@ from igpo_rlhf.training.checkpoint import (
     load_trainer_state,
     restore_rng,
     save_trainer_state,
+    step_dir_name,
 )
+from igpo_rlhf.training.collapse import CollapseWatch
 from igpo_rlhf.training.experience import (
     Credit,
     Outcome,
@@ -61,11 +64,19 @@ if TYPE_CHECKING:
 class Trainer:
     """Builds the actors of a run and trains; `run()` does every step, `close()` frees the actors.
 
-    The run directory must hold no checkpoint unless `resume` (`igpo train` checks that before anything
-    starts: igpo_rlhf.training.checkpoint.check_run_dir)."""
+    `eval_prompts`: the fixed held-out questions validated on every `eval.every_n_steps` steps (and at step 0
+    and at the end) with the rollout actors and the `eval` section's sampling; none: no validation. The run
+    directory must hold no checkpoint unless `resume` (`igpo train` checks that before anything starts:
+    igpo_rlhf.training.checkpoint.check_run_dir)."""
 
     def __init__(
-        self, cfg: Config, prompts: list[PromptItem], search_url: str, *, resume: bool = False
+        self,
+        cfg: Config,
+        prompts: list[PromptItem],
+        search_url: str,
+        *,
+        resume: bool = False,
+        eval_prompts: list[PromptItem] | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.logging.run_dir)
@@ -78,6 +89,14 @@ class Trainer:
         self.sampler = PromptSampler(prompts, cfg.train.prompts_per_step, cfg.train.seed, cfg.data.shuffle)
         self.checkpoints = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last)
         self.step = 0
+        self.eval_prompts = list(eval_prompts or [])
+        self.best: dict[str, float] | None = None  # {"step", "eval/f1", ...} of checkpoints/best
+        self.collapse = CollapseWatch(cfg.train.collapse)
+        self.lr_scale = 1.0  # lowered by collapse rollbacks
+        self.rollbacks = 0
+        # checkpoints known good: a step's metrics describe the policy it started from, so the checkpoint of
+        # step c (θ_c) is confirmed when step c + 1 (rollouts, KL and entropy of θ_c) shows no collapse
+        self.good_steps: set[int] = set()
         self.placements: dict[str, RolePlacement] = {}
         self.policy: ActorGroup | None = None
         self.critic: ActorGroup | None = None
@@ -164,15 +183,37 @@ class Trainer:
         if self.critic is not None:
             refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
         ray.get(refs)
-        self.sampler.load_state_dict(state["sampler"])
-        restore_rng(state["rng"])
-        self.step = step
+        self._restore(state)
         self._sync_weights(version=step)
         print(f"resumed from {directory} (step {step})", flush=True)
 
+    def _restore(self, state: dict) -> None:
+        """The driver's share of a checkpoint: sampler position, RNG, step, collapse watch, lr scale."""
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng(state["rng"])
+        self.step = state["step"]
+        self.best = state.get("best")
+        self.good_steps = set(state.get("good_steps", []))  # its own step is confirmed by the next one
+        self.rollbacks = state.get("rollbacks", 0)
+        if "collapse" in state:
+            self.collapse.load_state_dict(state["collapse"])
+        self._set_lr_scale(state.get("lr_scale", 1.0))
+
+    def _set_lr_scale(self, scale: float) -> None:
+        """Policy (and critic) learning rates = the configured ones x scale."""
+        self.lr_scale = scale
+        refs = self.policy.call_async("set_base_lr", self.cfg.train.lr * scale)
+        if self.critic is not None:
+            refs += self.critic.call_async("set_base_lr", self.cfg.train.critic_lr * scale)
+        ray.get(refs)
+
     # ---------------------------------------------------------------------------------------- loop
     def run(self) -> list[dict[str, float]]:
-        """Train from the current step to `train.steps`; returns the metrics of the steps run."""
+        """Train from the current step to `train.steps`; returns the metrics of the steps run.
+
+        Validation (when `eval_prompts` were given) runs before the first step of a fresh run (logged as step
+        0), every `eval.every_n_steps` steps and after the last. A collapse (train.collapse) stops the run
+        with `TrainingCollapsed`, or rolls it back to the last good checkpoint (train.on_collapse)."""
         cfg = self.cfg
         logger = MetricsLogger(
             self.run_dir,
@@ -183,19 +224,120 @@ class Trainer:
         )
         history = []
         try:
+            if self.step == 0 and self._validation_due(0):
+                logger.log(0, self.validate(0))
             while self.step < cfg.train.steps:
                 step = self.step + 1
                 metrics = self.train_step(step)
                 self.step = step
-                if step % cfg.checkpoint.every_n_steps == 0 or step == cfg.train.steps:
+                if self._validation_due(step):
+                    metrics.update(self.validate(step))
+                reason = self.collapse.check(step, metrics) if cfg.train.on_collapse != "ignore" else None
+                if reason is None and (self.checkpoints.root / step_dir_name(step - 1)).is_dir():
+                    self.good_steps.add(step - 1)  # θ_{step-1} just showed no collapse
+                if reason is None and (step % cfg.checkpoint.every_n_steps == 0 or step == cfg.train.steps):
                     t0 = time.perf_counter()
                     self.save_checkpoint()
                     metrics["time/checkpoint"] = time.perf_counter() - t0
                 logger.log(step, metrics)
                 history.append(metrics)
+                if reason is not None:
+                    back_to = self._on_collapse(step, reason)  # raises TrainingCollapsed to stop
+                    logger.rewind(back_to, {"event": "rollback", "step": step, "to_step": back_to,
+                                            "reason": reason, "lr_scale": self.lr_scale})  # fmt: skip
         finally:
             logger.close()
         return history
+
+    def _validation_due(self, step: int) -> bool:
+        every = self.cfg.eval.every_n_steps
+        if not self.eval_prompts or every == 0:
+            return False
+        return step == 0 or step % every == 0 or step == self.cfg.train.steps
+
+    def _on_collapse(self, step: int, reason: str) -> int:
+        """Stop (TrainingCollapsed) or roll back to the last good checkpoint with a lower learning rate;
+        returns the step rolled back to."""
+        good = self._last_good_checkpoint(step)
+        limit = self.cfg.train.collapse.max_rollbacks
+        if self.cfg.train.on_collapse == "stop" or good is None or self.rollbacks >= limit:
+            why = {
+                "stop": "train.on_collapse=stop",
+                "no good": "no confirmed-good checkpoint to roll back to",
+                "limit": f"train.collapse.max_rollbacks={limit} rollbacks done",
+            }["stop" if self.cfg.train.on_collapse == "stop" else "no good" if good is None else "limit"]
+            keep = (
+                f"the last good checkpoint is {good[1]} (`igpo export` it, or set train.on_collapse=rollback)"
+                if good is not None
+                else "no checkpoint was confirmed good (a checkpoint is, once the next step shows no collapse)"
+            )
+            raise TrainingCollapsed(f"training collapsed at step {step}: {reason}. Stopped ({why}); {keep}")
+        good_step, directory = good
+        self.rollbacks += 1
+        scale = self.lr_scale * self.cfg.train.collapse.lr_factor
+        print(
+            f"training collapsed at step {step}: {reason}; rolling back to {directory} (step {good_step}) "
+            f"with the learning rate x{scale:g} (rollback {self.rollbacks}/{self.cfg.train.collapse.max_rollbacks})",
+            flush=True,
+        )
+        refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
+        if self.critic is not None:
+            refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
+        ray.get(refs)
+        rollbacks, good_steps = self.rollbacks, self.good_steps
+        self._restore(load_trainer_state(directory))
+        self.rollbacks = rollbacks
+        self._set_lr_scale(scale)
+        # checkpoints after the good one hold the collapsed policy: a later rollback must not return there
+        for later in self.checkpoints.steps():
+            if later > good_step:
+                shutil.rmtree(self.checkpoints.root / step_dir_name(later))
+        self.good_steps = {s for s in good_steps if s <= good_step}
+        self._sync_weights(version=good_step)
+        return good_step
+
+    def _last_good_checkpoint(self, step: int) -> tuple[int, Path] | None:
+        """The newest existing confirmed-good checkpoint at least `train.collapse.window` steps before `step`
+        (a collapse shows in the averaged training F1 only some steps after it began), else None."""
+        steps = [s for s in self.checkpoints.steps() if s in self.good_steps]
+        early = [s for s in steps if s <= step - self.cfg.train.collapse.window]
+        if not early:
+            return None
+        return max(early), self.checkpoints.root / step_dir_name(max(early))
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Held-out scores of the current policy on `eval_prompts` (greedy by default: the `eval` section's
+        sampling), through the rollout actors and the eval package's scoring; `eval/...` metrics. A new best
+        eval/f1 is exported to checkpoints/best as a Hugging Face directory."""
+        from igpo_rlhf.eval import aggregate, score_rows
+        from igpo_rlhf.eval.run import eval_sampling
+
+        t0 = time.perf_counter()
+        # a fixed sampling seed for every validation (greedy ignores it): seeds derive from (seed, "step", offset)
+        trajectories = self.rollouts.generate(
+            self.eval_prompts, _EVAL_SEED_STEP + self.cfg.eval.seed, sampling=eval_sampling(self.cfg.eval)
+        )
+        rows = score_rows(trajectories)
+        metrics = aggregate(rows).metrics("eval")
+        if self.cfg.logging.save_rollouts:
+            self._write_rows(self.run_dir / "eval_rollouts" / f"step_{step:05d}.jsonl", trajectories, rows)
+        if self.best is None or metrics["eval/f1"] > self.best["eval/f1"]:
+            self._export_best(step, metrics)
+        metrics["eval/best_f1"] = self.best["eval/f1"]
+        metrics["time/eval"] = time.perf_counter() - t0
+        return metrics
+
+    def _export_best(self, step: int, metrics: dict[str, float]) -> None:
+        tmp, final = self.checkpoints.root / ".tmp-best", self.checkpoints.root / "best"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        ray.get(self.policy.call_async("export_hf", str(tmp), self.cfg.model.path))
+        self.best = {"step": step, **{k: v for k, v in metrics.items() if k in ("eval/f1", "eval/em")}}
+        (tmp / "best.json").write_text(json.dumps(self.best, indent=2) + "\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step; returns its metrics (time/checkpoint is added by `run`)."""
@@ -330,10 +472,17 @@ class Trainer:
                 "rng": capture_rng(),
                 # actors derive every sampling seed from (seed, step, prompt offset): nothing else to store
                 "seed": self.cfg.train.seed,
+                "best": self.best,
+                "collapse": self.collapse.state_dict(),
+                "lr_scale": self.lr_scale,
+                "rollbacks": self.rollbacks,
+                "good_steps": sorted(self.good_steps),
             },
         )
         (tmp / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
-        return self.checkpoints.commit(tmp, self.step)
+        # rotation keeps the checkpoint a rollback from the next steps would return to
+        anchor = self._last_good_checkpoint(self.step + 1)
+        return self.checkpoints.commit(tmp, self.step, keep=frozenset([anchor[0]] if anchor else []))
 
     def _save_rollouts(
         self,
@@ -343,9 +492,7 @@ class Trainer:
         scores: Scores,
         credit: Credit,
     ) -> None:
-        directory = self.run_dir / "rollouts"
-        directory.mkdir(exist_ok=True)
-        lines = []
+        rows = []
         for i, (traj, out) in enumerate(zip(trajectories, outcomes, strict=True)):
             row = traj.to_json(self.tokenizer)
             row.update(
@@ -358,10 +505,17 @@ class Trainer:
                 turn_rewards=credit.turn_rewards[i],
                 turn_advantages=credit.turn_advantages[i],
             )
-            lines.append(json.dumps(row))
-        tmp = directory / f".step_{step:05d}.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(directory / f"step_{step:05d}.jsonl")
+            rows.append(row)
+        _write_jsonl(self.run_dir / "rollouts" / f"step_{step:05d}.jsonl", rows)
+
+    def _write_rows(self, path: Path, trajectories: list[Trajectory], eval_rows: list) -> None:
+        """Validation rollouts in the layout of `igpo eval`'s rollouts.jsonl (the viewer reads both)."""
+        from igpo_rlhf.eval.run import rollout_row
+
+        rows = [
+            rollout_row(t, r, self.tokenizer, chunk=0) for t, r in zip(trajectories, eval_rows, strict=True)
+        ]
+        _write_jsonl(path, rows)
 
     def close(self) -> None:
         """Kill every actor of the run and free its placement groups (the cluster stays up). Idempotent."""
@@ -375,6 +529,21 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+_EVAL_SEED_STEP = 10**9  # validation samples with seeds of their own, apart from every training step's
+
+
+class TrainingCollapsed(RuntimeError):
+    """The run collapsed (train.collapse) and train.on_collapse says stop (or no rollback is left)."""
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rows as JSON lines, written to a temporary file and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
 @contextmanager
 def _timed(times: dict[str, float], name: str) -> Iterator[None]:
     """Records the wall time of the block as times[name]."""

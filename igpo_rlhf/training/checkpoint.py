@@ -8,7 +8,11 @@ A checkpoint directory holds
     config.yaml        the resolved config of the run
 It is written into `checkpoints/.tmp-step_XXXXX/`, every file fsync'ed, then renamed into place in one
 `os.rename`: a run killed at any moment leaves either the complete checkpoint or none. The latest
-checkpoint is the `step_*` directory with the highest step; older ones beyond `keep_last` are deleted.
+checkpoint is the `step_*` directory with the highest step; older ones beyond `keep_last` are deleted
+(except the last good one a collapse rollback would return to).
+
+`checkpoints/best/` holds the policy with the best held-out F1 so far as a Hugging Face directory
+(`best.json`: its step and scores), written by the trainer whenever validation finds a new best.
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ class CheckpointManager:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit(self, tmp: Path, step: int) -> Path:
-        """fsync `tmp`, rename it to `step_XXXXX` atomically, delete checkpoints beyond keep_last."""
+    def commit(self, tmp: Path, step: int, keep: frozenset[int] = frozenset()) -> Path:
+        """fsync `tmp`, rename it to `step_XXXXX` atomically, delete checkpoints beyond keep_last (except the
+        steps in `keep`: the last good checkpoint a collapse rollback returns to)."""
         final = self.root / step_dir_name(step)
         if final.exists():  # a checkpoint of this step from an earlier attempt of the same run
             shutil.rmtree(final)
@@ -112,7 +117,8 @@ class CheckpointManager:
         os.rename(tmp, final)
         _fsync_dir(self.root)
         for old in self.steps()[: -self.keep_last]:
-            shutil.rmtree(self.root / step_dir_name(old))
+            if old not in keep:
+                shutil.rmtree(self.root / step_dir_name(old))
         return final
 
 

@@ -123,6 +123,23 @@ class MetricsLogger:
                 kept.append(line)
         self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
+    def rewind(self, step: int, event: dict[str, Any]) -> None:
+        """Forget the steps after `step` (a collapse rollback replays them): metrics.jsonl is cut after it,
+        TensorBoard drops their events, and `event` is appended to run_dir/events.jsonl."""
+        self._file.close()
+        self._truncate_after(step)
+        self._file = self.path.open("a", encoding="utf-8")
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1)
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+        with open(self.run_dir / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
+
     def log(self, step: int, metrics: dict[str, float]) -> str:
         """Record step `step`; returns the console line (also printed)."""
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

@@ -8,7 +8,8 @@
 2. A small Qwen2-architecture causal LM built from a config (no download), seeded.
 3. A short supervised pass on the demonstrations (`igpo_rlhf.world.demos`): the loss covers only the
    tokens the policy generates (thinking, search calls, the answer), never the prompt or observations,
-   which are tokenised on their own exactly as the rollout loop appends them.
+   which are tokenised on their own exactly as the rollout loop appends them. The loop is
+   `igpo_rlhf.sft.loop`, the one `igpo sft` warm-starts a real pretrained model with.
 
 The result is saved with `save_pretrained` (model and tokenizer) and reloads with
 `AutoModelForCausalLM.from_pretrained(OUT)` / `AutoTokenizer.from_pretrained(OUT)`. Deterministic given
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import statistics
 import sys
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from igpo_rlhf.world.demos import demo_token_segments, render_demo
+from igpo_rlhf.sft.loop import encode_demo, supervised_train
+from igpo_rlhf.world.demos import render_demo
 
 EOS = "<|endoftext|>"
 # Protocol tags that must be single tokens, by protocol. Only search_r1: the tiny model has no chat
@@ -106,53 +106,6 @@ def train_tokenizer(texts: list[str], vocab_size: int, tags: Sequence[str] = PRO
     return tok
 
 
-# ------------------------------------------------------------------------------------ demo examples
-def encode_demo(demo: dict, protocol, tokenizer, max_obs_tokens: int | None) -> tuple[list[int], list[int]]:
-    """Token ids [T] and labels [T] of one demo: labels are -100 except on the generated turns' tokens.
-
-    The ids are `demo_token_segments` (each segment tokenised on its own, as the rollout loop appends
-    them) followed by EOS, which closes the answer turn and is trained on."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for kind, part in demo_token_segments(demo, protocol, tokenizer, max_obs_tokens):
-        ids += part
-        labels += part if kind == "turn" else [-100] * len(part)
-    ids.append(tokenizer.eos_token_id)
-    labels.append(tokenizer.eos_token_id)
-    return ids, labels
-
-
-def _batches(
-    examples: list[tuple[list[int], list[int]]], batch_size: int, steps: int, seed: int, pad_id: int
-):
-    """`steps` batches of right-padded ids [B, T], labels [B, T], attention mask [B, T].
-
-    Each epoch is a seeded shuffle; within windows of 8 batches examples are grouped by length, so little
-    compute goes to padding (1- and 3-hop demonstrations differ in length by 2x)."""
-    rng = random.Random(seed)
-    queue: list[list[int]] = []
-    for _ in range(steps):
-        if not queue:
-            epoch = list(range(len(examples)))
-            rng.shuffle(epoch)
-            window = 8 * batch_size
-            for start in range(0, len(epoch), window):
-                chunk = sorted(epoch[start : start + window], key=lambda i: len(examples[i][0]))
-                queue += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
-            rng.shuffle(queue)
-        idx = queue.pop()
-        width = max(len(examples[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            x, y = examples[i]
-            ids[row, : len(x)] = torch.tensor(x)
-            labels[row, : len(y)] = torch.tensor(y)
-            mask[row, : len(x)] = 1
-        yield ids, labels, mask
-
-
 # ------------------------------------------------------------------------------------------- model
 def build_model(vocab_size: int, opts: TinyModelOptions, eos_id: int):
     """A freshly initialised Qwen2ForCausalLM of the configured size (seeded by opts.seed)."""
@@ -173,43 +126,6 @@ def build_model(vocab_size: int, opts: TinyModelOptions, eos_id: int):
     )
     torch.manual_seed(opts.seed)
     return Qwen2ForCausalLM(config)
-
-
-def warm_start(
-    model, examples: list[tuple[list[int], list[int]]], opts: TinyModelOptions, pad_id: int
-) -> list[float]:
-    """Supervised pass on the demonstrations (loss on generated-turn tokens only); returns the losses."""
-    torch.manual_seed(opts.seed)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
-        if step < opts.warmup:
-            return (step + 1) / opts.warmup
-        t = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
-    model.train()
-    losses, t0 = [], time.time()
-    for step, (ids, labels, mask) in enumerate(
-        _batches(examples, opts.batch_size, opts.steps, opts.seed, pad_id)
-    ):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
-            recent = losses[-opts.log_every :]
-            print(
-                f"  step {step + 1:4d}/{opts.steps}  loss {sum(recent) / len(recent):.3f}  "
-                f"({time.time() - t0:.0f}s)",
-                flush=True,
-            )
-    model.eval()
-    return losses
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -260,7 +176,9 @@ def make_tiny_model(out: str | Path, world_dir: str | Path, cfg, opts: TinyModel
     threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
-        losses = warm_start(model, examples, opts, tokenizer.pad_token_id)
+        losses = supervised_train(model, examples, steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr,
+                                  warmup=opts.warmup, seed=opts.seed, pad_id=tokenizer.pad_token_id,
+                                  log_every=opts.log_every)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
 

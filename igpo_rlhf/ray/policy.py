@@ -21,7 +21,7 @@ from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
 from igpo_rlhf.models.loading import load_causal_lm
 from igpo_rlhf.ray.deepspeed_actor import DeepSpeedActor
 from igpo_rlhf.training.batch import PaddedBatch
-from igpo_rlhf.training.logprobs import token_entropy, token_log_probs
+from igpo_rlhf.training.logprobs import action_log_probs
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config
@@ -40,6 +40,7 @@ class PolicyActor(DeepSpeedActor):
         self.dual_clip = algo.dual_clip
         self.kl_coef, self.kl_estimator = algo.kl_coef, algo.kl_estimator
         self.entropy_coef = algo.entropy_coef
+        self.logits_chunk = cfg.train.logits_chunk
         self._vllm_group: Any = None
 
         def build() -> torch.nn.Module:
@@ -67,16 +68,29 @@ class PolicyActor(DeepSpeedActor):
         )
 
     def _micro_loss(self, batch: PaddedBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.engine(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).logits  # [B, L, V]
-        log_probs = token_log_probs(logits, batch.input_ids, temperature=self.temperature)  # [B, L]
+        # Through the DeepSpeed engine (its backward hooks sit on the outputs), asking the model for its final
+        # hidden states and the logits of one position only: log-probs are then projected from the hidden
+        # states at action positions, train.logits_chunk rows at a time (no [B, L, V] logits, see
+        # training/logprobs.py). The entropy comes from the same chunks: a bonus when entropy_coef > 0, else
+        # a metric without gradient.
+        out = self.engine(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        scored = action_log_probs(
+            self.engine.module.get_output_embeddings(),
+            out.hidden_states[-1],  # [B, L, H] after the final norm
+            batch.input_ids,
+            batch.action_mask,
+            temperature=self.temperature,
+            logits_chunk=self.logits_chunk,
+            entropy="grad" if self.entropy_coef > 0 else "metric",
+        )
+        log_probs, entropy = scored.log_probs, scored.entropy  # [B, L] each
         mask = batch.action_mask
-        if self.entropy_coef > 0:
-            entropy = token_entropy(logits, batch.input_ids, temperature=self.temperature)
-        else:
-            with torch.no_grad():  # a metric only
-                entropy = token_entropy(logits, batch.input_ids, temperature=self.temperature)
         loss, stats = policy_loss(
             log_probs,
             batch.old_log_probs,

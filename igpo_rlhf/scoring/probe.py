@@ -9,7 +9,7 @@ a newline. With a byte-level BPE (Qwen2, our tiny tokenizer) the space belongs t
 actually emits measures its belief.
 
 The separator is `algorithm.answer_separator`, or, when that is null, the whitespace the prompt's own example
-answer puts after `<answer>` (`answer_separator`; " " when the prompt shows no example). We tokenise
+answer puts after `<answer>` (`igpo_rlhf.config.prompt_answer_separator`; " " without an example). We tokenise
 `probe + separator + alias` as one text (no special tokens) and split it where the probe's own ids end; when
 a tokenizer merges across that boundary (the probe's ids are not a prefix of the joint ids), we fall back to
 `probe` and `separator + alias` tokenised separately. An empty probe is valid: the belief is then
@@ -19,26 +19,10 @@ probe). Aliases that tokenise identically are kept once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_ANSWER_SEPARATOR = " "  # `<answer> {answer} </answer>`, the Search-R1 prompt's example
-# the IGPO reference code's probe (scrl/llm_agent/generation.py): it closes the reasoning before the answer tag,
-# and writes the answer on its own line (separator "\n")
-PAPER_ANSWER_PROBE = "\nNow there's enough information to answer\n</think>\n<answer>"
-# an example answer in a prompt: `<answer>`, whitespace, then the answer's first character (not a tag)
-_EXAMPLE_ANSWER = re.compile(r"<answer>([ \t\r\n]*)(?=[^\s<])")
-
-
-def prompt_answer_separator(*prompt_texts: str | None) -> str | None:
-    """The whitespace between `<answer>` and the answer in the first example answer the prompt texts show
-    (`For example, <answer> Beijing </answer>` → " "), or None when they show none."""
-    for text in prompt_texts:
-        found = _EXAMPLE_ANSWER.search(text or "")
-        if found:
-            return found.group(1)
-    return None
+from igpo_rlhf.config import DEFAULT_ANSWER_SEPARATOR, prompt_answer_separator
 
 
 def answer_separator(configured: str | None, *prompt_texts: str | None) -> str:

@@ -1,13 +1,96 @@
-"""Token log-probs log π(tok_j | tok_<j) from a causal LM's logits, and length-bucketed batching.
+"""Token log-probs log π(tok_j | tok_<j) of a causal LM, and length-bucketed batching.
 
-Shared by the policy (training pass), the reference (ref log-probs for the KL) and the critic (value
-passes). Token-aligned like every tensor of the trainer: position j holds the quantity of token j, so
-position 0 (no context) is 0, and batches are right-padded.
+`action_log_probs` is what the policy's training pass uses: log-probs (and entropies) from the final hidden
+states, projected to the vocabulary only at action positions and `logits_chunk` rows at a time, each chunk
+under activation checkpointing, so neither the forward nor the backward ever holds more than one chunk's
+[chunk, V] logits (a [B, L, V] float32 tensor is tens of GB at a 152k vocabulary and a paper-scale
+micro-batch). `token_log_probs` / `token_entropy` are the plain versions over full logits [B, L, V] (the
+tests' reference). Token-aligned like every tensor of the trainer: position j holds the quantity of token j,
+so position 0 (no context) is 0, and batches are right-padded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] float32 logits
+
+
+@dataclass
+class ActionLogProbs:
+    """`action_log_probs`' result: [B, L] float32 each, 0 at position 0 and wherever the action mask is 0."""
+
+    log_probs: torch.Tensor  # log π(tok_j | tok_<j) at temperature T
+    entropy: torch.Tensor | None  # H(π(· | tok_<j)); None when not asked for
+
+
+def action_log_probs(
+    lm_head: nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    action_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    logits_chunk: int = DEFAULT_LOGITS_CHUNK,
+    entropy: str = "none",
+) -> ActionLogProbs:
+    """log π(tok_j | tok_<j) at the action positions of a right-padded batch, from the decoder's final hidden
+    states [B, L, H]: equal to `token_log_probs(lm_head(hidden), ...)` there, differentiable, without [B, L, V].
+
+    Hidden state j-1 predicts token j; only rows where action_mask[:, j] is set are projected, `logits_chunk`
+    at a time. With grad enabled each chunk runs under torch.utils.checkpoint (non-reentrant): its logits are
+    recomputed in backward instead of kept. entropy: "none", "metric" (no gradient) or "grad" (an entropy
+    bonus), computed on the same chunks.
+    """
+    if hidden.dim() != 3 or input_ids.shape != hidden.shape[:2] or action_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"hidden {list(hidden.shape)}, input_ids {list(input_ids.shape)}, action_mask "
+            f"{list(action_mask.shape)}: expected [B, L, H], [B, L], [B, L]"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0")
+    if isinstance(logits_chunk, bool) or not isinstance(logits_chunk, int) or logits_chunk < 1:
+        raise ValueError(f"logits_chunk={logits_chunk!r} must be a positive integer")
+    if entropy not in ("none", "metric", "grad"):
+        raise ValueError(f"entropy={entropy!r}; accepted: none, metric, grad")
+    rows, cols = action_mask[:, 1:].bool().nonzero(as_tuple=True)  # token cols + 1 of row `rows`
+    states = hidden[rows, cols]  # [N, H] the hidden states that predict the action tokens
+    targets = input_ids[rows, cols + 1]  # [N]
+
+    def project(states: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = lm_head(states).float()  # [n, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_z = logits.logsumexp(-1)  # [n]
+        picked = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
+        if entropy == "none":
+            return picked, picked.new_zeros(0)
+        with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+            ent = log_z - (torch.softmax(logits, -1) * logits).sum(-1)  # H = log Z - E_π[logit / T]
+        return picked, ent
+
+    log_probs, entropies = [], []
+    for start in range(0, len(states), logits_chunk):
+        chunk = (states[start : start + logits_chunk], targets[start : start + logits_chunk])
+        if torch.is_grad_enabled() and states.requires_grad:
+            picked, ent = checkpoint(project, *chunk, use_reentrant=False)
+        else:
+            picked, ent = project(*chunk)
+        log_probs.append(picked)
+        entropies.append(ent)
+    shape, device = input_ids.shape, hidden.device
+    index = (rows, cols + 1)
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    out = out.index_put(index, torch.cat(log_probs)) if log_probs else out
+    ent_out = None
+    if entropy != "none":
+        ent_out = torch.zeros(shape, dtype=torch.float32, device=device)
+        ent_out = ent_out.index_put(index, torch.cat(entropies)) if entropies else ent_out
+    return ActionLogProbs(log_probs=out, entropy=ent_out)
 
 
 def token_log_probs(

@@ -44,7 +44,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def config(model_dir: Path, *overrides: str):
+    # train.logits_chunk=3: the policy projects its hidden states 3 rows at a time (chunked, checkpointed)
     return load_config(None, [f"model.path={model_dir}", f"train.lr={LR}", "train.micro_batch_size=2",
+                              "train.logits_chunk=3",
                               "train.grad_clip=1.0", "algorithm.kl_coef=0.1", "rollout.temperature=1.0",
                               *[f"resources.{r}.num_cpus=0.2" for r in ("policy", "reference", "critic")],
                               *overrides])  # fmt: skip

@@ -4,13 +4,8 @@ import pytest
 from tokenizers import Tokenizer, models, trainers
 from transformers import PreTrainedTokenizerFast
 
-from igpo_rlhf.scoring.probe import (
-    PAPER_ANSWER_PROBE,
-    alias_token_ids,
-    answer_separator,
-    probe_token_ids,
-    prompt_answer_separator,
-)
+from igpo_rlhf.config import PAPER_ANSWER_PROBE, prompt_answer_separator
+from igpo_rlhf.scoring.probe import alias_token_ids, answer_separator, probe_token_ids
 from igpo_rlhf.world.tiny_model import PROTOCOL_TAGS, train_tokenizer
 
 TEXTS = [

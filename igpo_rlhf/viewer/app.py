@@ -72,13 +72,16 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def _answer(build: Callable[[], T]) -> Response:
-    """200 with the result; 404 for a missing step/row/group (KeyError); 422 for a bad request or row."""
+    """200 with the result; 404 for a missing step/row/group (KeyError); 422 for a bad request or a row the
+    page cannot be drawn from (a value of the wrong type or shape), with the message, never a crash."""
     try:
         return json_response(build())
     except KeyError as err:
         return json_response({"detail": str(err.args[0] if err.args else err)}, 404)
     except ValueError as err:
         return json_response({"detail": str(err)}, 422)
+    except (TypeError, IndexError, AttributeError) as err:
+        return json_response({"detail": f"the row has a value of the wrong type or shape: {err}"}, 422)
 
 
 # ---------------------------------------------------------------------------------------------- auth

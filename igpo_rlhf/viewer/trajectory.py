@@ -10,6 +10,8 @@ token view: every token of the row marked prompt, action (trained: inside turn_s
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from igpo_rlhf.viewer.credit import (
     group_credit,
 )
 from igpo_rlhf.viewer.directory import ViewedDirectory
-from igpo_rlhf.viewer.rollouts import RowSummary, finite_or_none, group_key, outcome_of
+from igpo_rlhf.viewer.rollouts import RolloutsFile, RowSummary, finite_or_none, group_key, outcome_of
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 _MARKUP = re.compile(r"<(search|answer|tool_call)>.*?(?:</\1>|$)", re.DOTALL)
@@ -278,10 +280,27 @@ def _at(values: list[float] | None, k: int) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------- pages
+@contextmanager
+def _drawing(what: str) -> Iterator[None]:
+    """A row whose values have the wrong type or shape (spans that are not pairs, ...) is a ValueError naming
+    the row, which the page shows, rather than a crash."""
+    try:
+        yield
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ValueError(f"{what}: a value of the wrong type or shape ({type(err).__name__}: {err})") from err
+
+
 def trajectory_detail(view: ViewedDirectory, part: str, index: int) -> TrajectoryDetail:
     """The trajectory page of row `index` of file `part` (KeyError: no such row; ValueError: bad row)."""
     file = view.file(part)
     row = file.read_row(index)
+    with _drawing(f"{file.label} line {index + 1}"):
+        return _trajectory_detail(view, file, row, part, index)
+
+
+def _trajectory_detail(
+    view: ViewedDirectory, file: RolloutsFile, row: dict[str, Any], part: str, index: int
+) -> TrajectoryDetail:
     settings = view.settings
     group = group_key(row)
     members = _group_rows(view, part, group, index)
@@ -371,6 +390,13 @@ def group_detail(view: ViewedDirectory, part: str, group: str) -> GroupDetail:
     if not summaries:
         raise KeyError(f"{file.label} has no group {group!r} (a group is the group_id of the rows)")
     rows = [(s.index, file.read_row(s.index)) for s in summaries]
+    with _drawing(f"{file.label}, group {group}"):
+        return _group_detail(view, file, rows, group)
+
+
+def _group_detail(
+    view: ViewedDirectory, file: RolloutsFile, rows: list[tuple[int, dict[str, Any]]], group: str
+) -> GroupDetail:
     settings = view.settings
     credit, check = _credit([r for _, r in rows], settings)
     rollouts = []
@@ -398,7 +424,7 @@ def group_detail(view: ViewedDirectory, part: str, group: str) -> GroupDetail:
         )
     first = rows[0][1]
     return GroupDetail(
-        part=part,
+        part=file.key,
         step=file.step,
         group=group,
         question=str(first["question"]),
@@ -413,7 +439,13 @@ def group_detail(view: ViewedDirectory, part: str, group: str) -> GroupDetail:
 
 def token_view(view: ViewedDirectory, part: str, index: int) -> TokenView:
     """Every token of the row with its kind: prompt, action (trained) or observation."""
-    row = view.file(part).read_row(index)
+    file = view.file(part)
+    row = file.read_row(index)
+    with _drawing(f"{file.label} line {index + 1}"):
+        return _token_view(view, row)
+
+
+def _token_view(view: ViewedDirectory, row: dict[str, Any]) -> TokenView:
     turns, obs = row["turn_spans"], row["obs_spans"]
     ids = row.get("token_ids")
     tokenizer, note = view.tokenizer()

@@ -18,8 +18,7 @@ from igpo_rlhf.viewer.listing import ListQuery, list_rows
 from igpo_rlhf.viewer.metrics import read_metrics
 from igpo_rlhf.viewer.rollouts import RolloutsFile
 from igpo_rlhf.viewer.trajectory import reasoning_of, split_documents
-
-EPS = 1e-6
+from tests.viewer.expected import EPS, slow_credit
 
 
 def make_row(group: int, sample: int, turns: int, *, answer: str | None, question: str = "Who?") -> dict:
@@ -154,37 +153,6 @@ def test_metrics_last_line_of_a_step_wins_and_bad_lines_are_reported(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- credit
-def slow_credit(beliefs, outcomes, *, kind="prob_diff", norm="joint", gamma=1.0):
-    """IGPO and GRPO written out: r_t = b_t - b_{t-1} (or log b), outcome last; r̃ = (r - mean)/(std + ε)
-    with the population std over the pool (an all-equal pool gives 0); Â_t = Σ_k γ^(k-t) r̃_k."""
-
-    def normalize(values):
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        return [0.0 if max(values) == min(values) else (v - mean) / (std + EPS) for v in values]
-
-    rewards = []
-    for b, o in zip(beliefs, outcomes, strict=True):
-        f = (lambda x: x) if kind == "log_prob_diff" else math.exp
-        rewards.append([f(b[t]) - f(b[t - 1]) for t in range(1, len(b))] + [o])
-    slots = [(i, t) for i, r in enumerate(rewards) for t in range(len(r))]
-    if norm == "joint":
-        pools = [slots]
-    else:
-        pools = [
-            [s for s in slots if s[1] < len(rewards[s[0]]) - 1],
-            [s for s in slots if s[1] == len(rewards[s[0]]) - 1],
-        ]
-    normed = [[0.0] * len(r) for r in rewards]
-    for pool in pools:
-        if pool:
-            for (i, t), v in zip(pool, normalize([rewards[i][t] for i, t in pool]), strict=True):
-                normed[i][t] = v
-    adv = [[sum(gamma ** (k - t) * n[k] for k in range(t, len(n))) for t in range(len(n))] for n in normed]
-    grpo = normalize(outcomes)
-    return rewards, normed, adv, [[g] * len(b) for g, b in zip(grpo, beliefs, strict=True)]
-
-
 @pytest.mark.parametrize(
     ("kind", "norm", "gamma"), [("prob_diff", "joint", 1.0), ("log_prob_diff", "separate", 0.9)]
 )

@@ -2,14 +2,28 @@
 
 `resources.<role>` gives the number of actors and the CPUs/GPUs of each. Every role gets a placement
 group with one bundle per actor (strategy PACK), so a role's actors are reserved together or not at all.
-With `resources.colocate`, the model roles (policy, reference, critic, scorer) share ONE placement group:
-bundle i holds actor i of every colocated role, which then share bundle i's GPU through fractional
-`num_gpus` (e.g. 0.25 each for four roles on one GPU). On a CPU box, fractional `num_cpus` let a
-2-core machine run every role (Ray's CPUs are logical; actors with num_cpus < 1 get OMP_NUM_THREADS=1).
+
+GPUs. Two ranks of one DeepSpeed group (policy, critic) must never share a GPU (NCCL fails with "Duplicate
+GPU detected"), but Ray packs fractional bundles onto the same GPU: two bundles of 0.4 GPU fit on one. So,
+as OpenRLHF does, GPU bundles of those roles are whole GPUs (ceil of the actor's num_gpus) and the actor
+asks for its fraction inside its bundle:
+- `resources.colocate`: the model roles (policy, reference, critic, scorer) share ONE placement group; bundle
+  i is one whole GPU holding actor i of every colocated role, which share it through their fractional
+  `num_gpus` (e.g. 0.4 + 0.2 + 0.2); the fractions of one bundle must sum to at most 1.
+- otherwise policy and critic bundles are whole GPUs; reference, scorer and hf-rollout actors (no collective
+  between them) keep fractional bundles, so several may share a GPU.
+Every GPU actor gets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (or the driver's own value): roles that
+take turns on a GPU free cached memory between phases (`release_cached_gpu_memory`), and expandable segments
+keep that memory from fragmenting.
+
+On a CPU box, fractional `num_cpus` let a 2-core machine run every role (Ray's CPUs are logical; actors with
+num_cpus < 1 get OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +36,9 @@ if TYPE_CHECKING:
 
 COLOCATED_ROLES = ("policy", "reference", "critic", "scorer")
 ROLES = ("rollout", *COLOCATED_ROLES)
+DISTRIBUTED_ROLES = ("policy", "critic")  # one torch.distributed group each: one GPU per rank
+# Cached blocks of one phase can be reused by the next role on the GPU without fragmentation.
+CUDA_ALLOC_CONF = "expandable_segments:True"
 
 
 @dataclass(frozen=True)
@@ -36,18 +53,36 @@ class RolePlacement:
     bundles: tuple[int, ...]  # bundle index of actor k
 
     def options(self, k: int) -> dict[str, Any]:
-        """`ActorClass.options(...)` keyword arguments of actor k."""
-        return {
+        """`ActorClass.options(...)` keyword arguments of actor k (GPU actors: the CUDA allocator setting)."""
+        options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=self.group, placement_group_bundle_index=self.bundles[k]
             ),
         }
+        if self.num_gpus > 0:
+            alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
+            options["runtime_env"] = {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": alloc_conf}}
+        return options
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus}
+
+
+def _check_colocated_gpus(specs: dict[str, RoleResources], shared: list[str]) -> float:
+    """The GPU fractions of one colocated bundle (actor i of each role); ValueError naming the keys when
+    they exceed one GPU."""
+    fractions = {r: specs[r].num_gpus for r in shared}
+    total = sum(fractions.values())
+    if total > 1.0 + 1e-9:
+        keys = " + ".join(f"resources.{r}.num_gpus ({g:g})" for r, g in fractions.items())
+        raise ValueError(
+            f"resources.colocate=true puts actor i of {', '.join(shared)} on GPU i, so their fractions must sum "
+            f"to at most 1: {keys} = {total:g}; lower them or set resources.colocate=false"
+        )
+    return total
 
 
 def place_roles(
@@ -55,8 +90,8 @@ def place_roles(
 ) -> dict[str, RolePlacement]:
     """Create (and wait for) the placement groups of `roles`; returns each role's placement.
 
-    ValueError naming the keys when colocated roles have different actor counts; TimeoutError naming
-    what was requested when the cluster cannot hold it within `timeout_s`.
+    ValueError naming the keys when colocated roles have different actor counts or GPU fractions over one
+    GPU; TimeoutError naming what was requested when the cluster cannot hold it within `timeout_s`.
     """
     for role in roles:
         if role not in ROLES:
@@ -74,7 +109,8 @@ def place_roles(
                 f"resources.<role>.num_actors must be equal for {', '.join(shared)}; got {counts}"
             )
         n = next(iter(counts.values()))
-        bundle = _bundle(sum(specs[r].num_cpus for r in shared), sum(specs[r].num_gpus for r in shared))
+        gpus = _check_colocated_gpus(specs, shared)
+        bundle = _bundle(sum(specs[r].num_cpus for r in shared), 1.0 if gpus > 0 else 0.0)  # a whole GPU
         group = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
         pending.append((group, f"colocated {'+'.join(shared)}: {n} x {bundle}"))
         for r in shared:
@@ -84,7 +120,8 @@ def place_roles(
         if r in placements:
             continue
         spec = specs[r]
-        bundle = _bundle(spec.num_cpus, spec.num_gpus)
+        gpus = math.ceil(spec.num_gpus) if r in DISTRIBUTED_ROLES else spec.num_gpus  # ranks never share
+        bundle = _bundle(spec.num_cpus, gpus)
         group = placement_group([dict(bundle) for _ in range(spec.num_actors)], strategy="PACK")
         pending.append((group, f"{r}: {spec.num_actors} x {bundle}"))
         placements[r] = RolePlacement(
@@ -110,3 +147,12 @@ def release(placements: dict[str, RolePlacement]) -> None:
         if p.group.id not in seen:
             seen.add(p.group.id)
             remove_placement_group(p.group)
+
+
+def release_cached_gpu_memory() -> None:
+    """Hand the CUDA caching allocator's unused blocks back to the driver, so that the next role on a shared
+    GPU (resources.colocate) can use them; a no-op without CUDA. The colocated actors call it after their phase."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

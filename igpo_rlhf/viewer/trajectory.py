@@ -258,7 +258,7 @@ def _group_rows(view: ViewedDirectory, part: str, group: str | None, index: int)
     return [(i, file.read_row(i)) for i in members]
 
 
-def _credit(rows: list[dict], settings: CreditSettings) -> tuple[GroupCredit, CreditCheck]:
+def _credit(rows: list[dict], settings: CreditSettings, kind: str = "run") -> tuple[GroupCredit, CreditCheck]:
     """Both estimators' credit for the group's rows, and the check of their stored advantages; a row the
     algo functions reject (a positive log-belief, a bad outcome setting) gives no credit and says why."""
     try:
@@ -271,6 +271,12 @@ def _credit(rows: list[dict], settings: CreditSettings) -> tuple[GroupCredit, Cr
         empty = [RolloutCredit(None, None, None, None, []) for _ in rows]
         note = f"cannot recompute the credit: {err}"
         return GroupCredit(empty, note), CreditCheck("not_checked", None, note)
+    if kind == "eval":
+        note = (
+            f"eval rollouts train nothing: Â is what IGPO ({settings.ig_kind}, norm {settings.norm}, γ {settings.gamma}) "
+            "and GRPO would give them, grouped by question"
+        )
+        return credit, CreditCheck("not_checked", None, note)
     check = check_stored([_float_list(r.get("turn_advantages")) for r in rows], credit, settings)
     return credit, check
 
@@ -304,7 +310,7 @@ def _trajectory_detail(
     settings = view.settings
     group = group_key(row)
     members = _group_rows(view, part, group, index)
-    credit, check = _credit([r for _, r in members], settings)
+    credit, check = _credit([r for _, r in members], settings, view.kind)
     mine = credit.rollouts[[i for i, _ in members].index(index)]
     tokenizer, _ = view.tokenizer() if "turn_texts" not in row else (None, "")
     prompt, turn_texts, obs_texts = _segment_texts(row, tokenizer)
@@ -398,7 +404,7 @@ def _group_detail(
     view: ViewedDirectory, file: RolloutsFile, rows: list[tuple[int, dict[str, Any]]], group: str
 ) -> GroupDetail:
     settings = view.settings
-    credit, check = _credit([r for _, r in rows], settings)
+    credit, check = _credit([r for _, r in rows], settings, view.kind)
     rollouts = []
     for (i, r), c in zip(rows, credit.rollouts, strict=True):
         actions = [a if isinstance(a, dict) else {} for a in r["actions"]]

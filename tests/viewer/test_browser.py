@@ -161,6 +161,10 @@ def test_trajectory_page_turns_beliefs_advantages_and_tokens(browser, viewer, tr
     assert "match" in check.get_attribute("class").split() and check.text.startswith("✓")
     belief_markers = browser.find_elements(By.CSS_SELECTOR, "#belief-card svg circle[r='2.6']")
     assert len(belief_markers) == len(row["beliefs"])
+    browser.find_element(By.CSS_SELECTOR, "#belief-card .scale-toggle input").click()  # b -> log b
+    y_ticks = browser.find_elements(By.CSS_SELECTOR, "#belief-card text.chart-tick[text-anchor='end']")
+    y = [float(t.text) for t in y_ticks]  # the y axis now spans the log beliefs (b's axis starts at 0)
+    assert y and max(y) <= 0 and min(y) <= min(row["beliefs"]) and max(y) >= max(row["beliefs"])
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#token-box .tok"))
     kinds = browser.execute_script(
         "return [...document.querySelectorAll('#token-box .tok')].map(s => s.classList[1]).join('')"
@@ -280,4 +284,9 @@ def test_eval_directory_and_token_in_the_browser(browser, serve, trained_run, tm
     index = int(browser.current_url.split("?")[0].rsplit("/", 1)[1])
     assert len(browser.find_elements(By.CSS_SELECTOR, "#turns .turn")) == len(rows[index]["turn_spans"])
     assert "token=tok-123" in browser.current_url
+    browser.find_element(By.ID, "group-link").click()  # eval groups: question k of chunk c is group "c-k"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#group-table tbody tr"))
+    group = browser.current_url.split("?")[0].rsplit("/", 1)[1]
+    members = [r for r in rows if f"{r['chunk']}-{r['group_id']}" == group]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#group-table tbody tr")) == len(members) == 4
     assert page_errors(browser) == []

@@ -100,6 +100,7 @@ function chartCard(title, build, extra) {
                  body);
   requestAnimationFrame(() => build(body));
   CHART_RESIZERS.push(() => build(body));
+  card.redraw = () => build(body);
   return card;
 }
 
@@ -222,7 +223,7 @@ function evalOverview(info) {
   const cols = [...preferred.filter(c => present.has(c)), ...[...present].filter(c => !preferred.includes(c)).sort()];
   const row = (name, v, cls) => h("tr", {class: cls || ""},
     h("td", {}, name === "avg" ? h("strong", {}, "average") : h("a", {href: href("/trajectories", {part: "eval", source: name})}, name)),
-    cols.map(c => h("td", {class: "r"}, num(v[c], c === "n" ? (v[c] ?? "–") : fmt(v[c])))));
+    cols.map(c => h("td", {class: "r"}, num(v[c], ["n", "rollouts", "samples"].includes(c) ? String(v[c] ?? "–") : fmt(v[c])))));
   const table = h("table", {class: "data", id: "scores"},
     h("thead", {}, h("tr", {}, h("th", {}, "source"), cols.map(c => h("th", {class: "r"}, c)))),
     h("tbody", {}, Object.entries(sc.sources).map(([k, v]) => row(k, v)),
@@ -258,9 +259,10 @@ function evalOverview(info) {
       h("a", {class: "button", href: href("/trajectories", {part: "eval"})}, "Browse rollouts →")),
     h("section", {class: "card"}, h("h3", {}, "Scores per source"), table),
     sources.length ? f1Chart : "", beliefs || "",
-    h("section", {class: "card"}, h("h3", {}, "Setting"), flat.length
-      ? h("table", {class: "kv"}, h("tbody", {}, flat.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))
-      : h("p", {class: "muted"}, "scores.json records no setting.")),
+    flat.length
+      ? h("details", {class: "card"}, h("summary", {}, `Setting (${flat.length} fields: model, engine, protocol, search, data, ...)`),
+          h("table", {class: "kv"}, h("tbody", {}, flat.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))))
+      : h("section", {class: "card muted"}, "scores.json records no setting."),
     sc.table_md ? h("details", {class: "card"}, h("summary", {}, "table.md"), h("pre", {}, sc.table_md)) : "");
 }
 
@@ -394,11 +396,21 @@ function checkBadge(check) {
   return h("div", {class: `check ${check.status}`, id: "credit-check"}, `${icon} ${check.message}`);
 }
 
-function beliefChart(body, logb, label) {
-  const points = logb.map((v, t) => [t, Math.exp(v)]);
-  lineChart(body, {series: [{name: "b_t", points}], xLabel: "t", axisLabel: false, height: 170, label, markers: true, zeroLine: true,
+// Beliefs are often tiny (1e-6 -> 1e-4 is a large gain in log b, invisible in b): a toggle between b and log b.
+const BELIEF_SCALE = {log: false};
+function scaleToggle(redraw) {
+  return h("label", {class: "scale-toggle"}, h("input", {type: "checkbox", checked: BELIEF_SCALE.log,
+    onchange: ev => { BELIEF_SCALE.log = ev.target.checked; redraw(); }}), " log b");
+}
+function beliefOptions(series, label, height) {
+  const log = BELIEF_SCALE.log;
+  return {series: series.map(s => ({...s, points: s.logb.map((v, t) => [t, log ? v : Math.exp(v)])})),
+    xLabel: "t", axisLabel: false, height, label, markers: true, zeroLine: !log,
     xFormat: t => (t === 0 ? "prompt" : `t=${t}`),
-    tipFormat: (v) => `${prob(Math.log(v))} (log b ${fmt(Math.log(v), 3)})`});
+    tipFormat: v => (log ? `log b ${fmt(v, 3)} (b ${prob(v)})` : `${prob(Math.log(v))} (log b ${fmt(Math.log(v), 3)})`)};
+}
+function beliefChart(body, logb, label) {
+  lineChart(body, beliefOptions([{name: "b_t", logb}], label, 170));
 }
 
 function turnCard(d, turn) {
@@ -438,7 +450,8 @@ function turnCard(d, turn) {
       turn.reward_stored !== null && turn.reward !== null && Math.abs(turn.reward_stored - turn.reward) > 1e-6
         ? h("span", {class: "warn"}, ` stored ${signed(turn.reward_stored)}`) : null)));
   rows.push(h("tr", {class: "normalized"}, h("th", {}, sub("r̃", "t"), " normalised"), h("td", {}, num(turn.normalized, signed(turn.normalized)))));
-  rows.push(h("tr", {class: "advantage"}, h("th", {}, sub("Â", "t"), " trained on"), h("td", {}, num(turn.advantage, signed(turn.advantage)))));
+  if (d.kind === "run") rows.push(h("tr", {class: "advantage"}, h("th", {}, sub("Â", "t"), " trained on"),
+                                    h("td", {}, num(turn.advantage, signed(turn.advantage)))));
   rows.push(h("tr", {class: "advantage-igpo"}, h("th", {}, sub("Â", "t"), " IGPO, recomputed"), h("td", {}, num(turn.advantage_igpo, signed(turn.advantage_igpo)))));
   rows.push(h("tr", {class: "advantage-grpo"}, h("th", {}, "Â GRPO, same rollouts"), h("td", {}, num(turn.advantage_grpo, signed(turn.advantage_grpo)))));
   const spark = d.log_beliefs ? beliefSpark(d.log_beliefs, t) : null;
@@ -482,17 +495,19 @@ async function trajectoryPage(info, part, index) {
     ["finish", d.finish_reason], ["turns", String(d.turns.length)], ["tokens", String(d.n_tokens)],
     ["step · group · sample", `${d.step ?? "–"} · ${d.group ?? "–"} · ${d.sample_id ?? "–"}`],
     ...(d.source ? [["source", d.source]] : []),
-    ...Object.entries(d.extra).filter(([key]) => !["f1", "em"].includes(key)).map(([key, v]) => [key, typeof v === "number" ? fmt(v) : String(v)]),
+    ...Object.entries(d.extra).filter(([key]) => !["f1", "em"].includes(key))
+      .map(([key, v]) => [key, typeof v === "number" && !Number.isInteger(v) ? fmt(v) : String(v)]),
   ];
   const head = h("section", {class: "card traj-head", id: "traj-head"},
     h("div", {class: "title-row"}, h("h2", {class: "question"}, d.question), badge(d.outcome)),
     h("dl", {class: "facts"}, facts.map(([k2, v]) => h("div", {}, h("dt", {}, k2), h("dd", {}, v)))),
     checkBadge(d.check),
     d.credit_note ? h("div", {class: "note"}, d.credit_note) : null);
+  const beliefTools = h("span", {class: "chart-tools muted"},
+    "b_t = exp(mean log-prob of the gold answer after turn t)", scaleToggle(() => beliefCard.redraw()));
   const beliefCard = d.log_beliefs && d.log_beliefs.length
-    ? chartCard("Belief in the gold answer b_t", body => beliefChart(body, d.log_beliefs, "belief over turns"),
-                h("span", {class: "muted"}, `b_t = exp(mean log-prob of the gold answer after turn t) · estimator ${d.estimator}`))
-    : h("section", {class: "card muted"}, "No beliefs stored for this trajectory (estimator " + d.estimator + ").");
+    ? chartCard("Belief in the gold answer b_t", body => beliefChart(body, d.log_beliefs, "belief over turns"), beliefTools)
+    : h("section", {class: "card muted"}, `No beliefs stored for this trajectory${d.kind === "run" ? ` (estimator ${d.estimator})` : ""}.`);
   beliefCard.id = "belief-card";
   const prompt = h("details", {class: "card prompt"}, h("summary", {}, "Prompt"), h("pre", {}, d.prompt ?? "(prompt text not stored)"));
   const turns = h("div", {id: "turns"}, d.turns.map(t => turnCard(d, t)));
@@ -561,7 +576,7 @@ async function groupPage(info, part, groupId) {
   const head = h("section", {class: "card traj-head"},
     h("div", {class: "title-row"}, h("h2", {class: "question"}, g.question)),
     h("dl", {class: "facts"}, [["gold", g.golds.join(" | ")], ["step", g.step ?? "–"], ["group", String(g.group)],
-      ["rollouts", String(g.rollouts.length)], ["run estimator", g.estimator],
+      ["rollouts", String(g.rollouts.length)], ...(info.kind === "run" ? [["run estimator", g.estimator]] : []),
       ["IGPO settings", `${g.settings.ig_kind} · norm ${g.settings.norm} · γ ${g.settings.gamma}`]]
       .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     h("p", {class: "explain"}, "GRPO gives every turn of a rollout the same advantage: its outcome, normalised in the group. ",
@@ -569,12 +584,12 @@ async function groupPage(info, part, groupId) {
       "the group together, so a good search in a failed rollout can still get credit, and a useless one in a lucky rollout loses it."),
     checkBadge(g.check), g.credit_note ? h("div", {class: "note"}, g.credit_note) : null);
   const withBeliefs = g.rollouts.filter(r => r.log_beliefs && r.log_beliefs.length);
-  const chart = withBeliefs.length ? chartCard("Belief b_t of each rollout", body => lineChart(body, {
-    series: withBeliefs.map((r, k) => ({name: `sample ${r.sample_id}`, color: PALETTE[k % PALETTE.length],
-                                        points: r.log_beliefs.map((v, t) => [t, Math.exp(v)])})),
-    xLabel: "t", axisLabel: false, height: 200, markers: true, zeroLine: true, xFormat: t => (t === 0 ? "prompt" : `t=${t}`),
-    label: "beliefs of the group"}), h("div", {class: "legend"}, withBeliefs.map((r, k) => h("span", {class: "legend-item"},
-      h("span", {class: "swatch", style: `background:${PALETTE[k % PALETTE.length]}`}), `sample ${r.sample_id}`)))) : null;
+  const chart = withBeliefs.length ? chartCard("Belief b_t of each rollout", body => lineChart(body, beliefOptions(
+    withBeliefs.map((r, k) => ({name: `sample ${r.sample_id}`, color: PALETTE[k % PALETTE.length], logb: r.log_beliefs})),
+    "beliefs of the group", 200)),
+    h("div", {class: "chart-tools"}, h("div", {class: "legend"}, withBeliefs.map((r, k) => h("span", {class: "legend-item"},
+      h("span", {class: "swatch", style: `background:${PALETTE[k % PALETTE.length]}`}), `sample ${r.sample_id}`))),
+      scaleToggle(() => chart.redraw()))) : null;
   const heads = [h("th", {}, "sample"), h("th", {}, "outcome"), h("th", {class: "r"}, "r_T"),
                  ...Array.from({length: maxT}, (_, t) => h("th", {}, `turn ${t + 1}`))];
   const rows = g.rollouts.map(r => h("tr", {dataset: {index: r.index, sample: r.sample_id}},
@@ -615,7 +630,7 @@ async function main() {
     if (path === "/") await overviewPage(info);
     else if (path === "/trajectories") await listPage(info);
     else if ((m = path.match(/^\/trajectory\/([^/]+)\/(\d+)$/))) await trajectoryPage(info, m[1], Number(m[2]));
-    else if ((m = path.match(/^\/group\/([^/]+)\/(-?\d+)$/))) await groupPage(info, m[1], Number(m[2]));
+    else if ((m = path.match(/^\/group\/([^/]+)\/([^/]+)$/))) await groupPage(info, m[1], decodeURIComponent(m[2]));
     else MAIN.replaceChildren(errorBox(new Error(`no page at ${path}`)));
   } catch (err) {
     MAIN.replaceChildren(errorBox(err));

@@ -26,14 +26,16 @@ Large requests (`--part large`): what Search-R1's client sends, one POST /retrie
 training batch (2,560 = its GRPO run's 512 prompts x 5; 16,384 = 1,024 prompts x 16), topk 3,
 return_scores true, parsed with `requests` as its client does (`response.json()['result']`). The queries
 are distinct: the 9,773 questions, then the same again with " (2)" appended (a one-character token BM25
-drops, so equal work, but no deduplication or caching helps). Side by side: in-process bm25s answering
-the same queries in one `retrieve` call (and the proxy's own `Bm25Backend.retrieve`), median of
-`--repeats` runs each. For each request the proxy process's peak RSS is measured (VmHWM, reset through
-/proc/PID/clear_refs before the request), once with the default chunking (the request goes to the
-retriever batching.max_queries = 256 queries at a time and the answer is streamed back) and once with
+drops, so equal work, but no deduplication or caching helps). Four ways, in turn within each of
+`--repeats` runs (medians reported): in-process bm25s answering all the queries in one `retrieve` call,
+the proxy's own `Bm25Backend.retrieve` in-process, and two proxies: the default one (the request goes to
+the retriever batching.max_queries = 256 queries at a time and the answer is streamed back) and one with
 batching.max_queries raised to the request's size (one chunk: the whole answer built before it is sent).
-(*) Most of it is the in-process bm25s baseline: bm25s 0.3.16's `retrieve` spends ~3 ms a query in numpy's
-argpartition over a mostly-zero score array, ~200 queries/s here.
+Reported: wall seconds and their ratios, CPU seconds (robust to the other jobs on a shared machine: wall
+time there mostly measures the scheduler), and the proxy process's peak RSS growth per request (VmHWM,
+reset through /proc/PID/clear_refs before each request; each proxy starts fresh for its size).
+(*) Most of it is the in-process bm25s baseline: bm25s 0.3.16's `retrieve` spends ~1.2 ms of CPU a
+query, mostly in numpy's argpartition over a mostly-zero score array (~8x the proxy's scoring loop).
 """
 
 from __future__ import annotations
@@ -180,36 +182,44 @@ def _kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
-class LargeRequest:
-    """Whole-batch POSTs /retrieve to a fresh proxy: wall seconds (median), answer size, the proxy's memory."""
+class Run:
+    """One answer to a whole batch: wall and CPU seconds; for the proxy also answer size and peak RSS."""
 
-    queries: int
     seconds: float
-    answer_mb: float
-    rss_mb: float  # proxy RSS before the first request (loaded, idle)
-    cold_growth_mb: float  # peak RSS during the first request, over the RSS before it
-    warm_growth_mb: float  # the same for the later requests (largest)
-    errors: int
+    cpu_seconds: float  # in-process: this process; proxy: the proxy process
+    answer_mb: float = 0.0
+    rss_mb: float = 0.0  # proxy RSS just before the request
+    growth_mb: float = 0.0  # proxy peak RSS during the request, over rss_mb
+    ok: bool = True
 
 
-def large_request(url: str, pid: int, queries: list[str], repeats: int) -> LargeRequest:
-    """POST all queries at once, `repeats` times, as Search-R1's client does; time and peak RSS of each."""
+def in_process_run(call: Callable[[list[str]], object], queries: list[str]) -> Run:
+    t0, c0 = time.perf_counter(), time.process_time()
+    call(queries)
+    return Run(time.perf_counter() - t0, time.process_time() - c0)
+
+
+def proxy_run(url: str, pid: int, queries: list[str]) -> Run:
+    """POST all queries at once and parse the answer, as Search-R1's client does."""
     payload = {"queries": queries, "topk": TOP_K, "return_scores": True}
-    times, growths, errors, size = [], [], 0, 0
-    rss = _kib(pid, "VmRSS") / 1024
-    for _ in range(repeats):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS (VmHWM) restarts at the current RSS
-        before = _kib(pid, "VmHWM")
-        t0 = time.perf_counter()
-        response = requests.post(f"{url}/retrieve", json=payload)
-        result = response.json()["result"]
-        times.append(time.perf_counter() - t0)
-        growths.append((_kib(pid, "VmHWM") - before) / 1024)
-        errors += response.status_code != 200 or len(result) != len(queries)
-        size = len(response.content)
-    warm = max(growths[1:], default=float("nan"))
-    return LargeRequest(len(queries), statistics.median(times), size / 1e6, rss, growths[0], warm, errors)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS (VmHWM) restarts at the current RSS
+    rss_kib, cpu0 = _kib(pid, "VmHWM"), _cpu_seconds(pid)
+    t0 = time.perf_counter()
+    response = requests.post(f"{url}/retrieve", json=payload)
+    result = response.json()["result"]
+    seconds = time.perf_counter() - t0
+    growth_kib = _kib(pid, "VmHWM") - rss_kib
+    ok = response.status_code == 200 and len(result) == len(queries)
+    return Run(
+        seconds, _cpu_seconds(pid) - cpu0, len(response.content) / 1e6, rss_kib / 1024, growth_kib / 1024, ok
+    )
 
 
 def large_part(
@@ -220,50 +230,77 @@ def large_part(
     sizes: list[int],
     repeats: int,
 ) -> None:
-    """Whole training batches in one request: proxy vs in-process, and the proxy's peak memory."""
-    inproc: dict[tuple[str, int], float] = {}
-    for n in sizes:
-        queries = distinct_queries(items, n)
-        for name, call in [("bm25s", bm25s_call), ("backend", lambda b: backend.retrieve(b, TOP_K))]:
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                call(queries)
-                times.append(time.perf_counter() - t0)
-            inproc[name, n] = statistics.median(times)
+    """Whole training batches in one request: proxy vs in-process, and the proxy's peak memory.
+
+    The four ways run in turn within each repeat (so a change in the machine's load hits all of them);
+    each proxy is started fresh for its size, so its first request shows the one-time warm-up too.
+    """
     paths = {
+        "bm25s": "in-process bm25s, one retrieve call",
+        "backend": "in-process backend",
         "chunked": "proxy, default: 256-query chunks, streamed",
         "whole": "proxy, one chunk: answer built whole",
     }
-    proxied: dict[tuple[str, int], LargeRequest] = {}
+    runs: dict[tuple[str, int], list[Run]] = {}
     for n in sizes:
-        for path in paths:  # a fresh proxy each, so one request's peak never hides in another's
-            chunk = settings.batching.max_queries if path == "chunked" else n
-            batching = settings.batching.model_copy(update={"max_queries": chunk})
-            print(f"{paths[path]}: {repeats} x {n} queries in one request ...", flush=True)
-            with start_proxy(settings.model_copy(update={"batching": batching})) as proxy:
-                proxied[path, n] = large_request(proxy.url, proxy.pid, distinct_queries(items, n), repeats)
+        queries = distinct_queries(items, n)
+        whole = settings.batching.model_copy(update={"max_queries": n})
+        with (
+            start_proxy(settings) as chunked_proxy,
+            start_proxy(settings.model_copy(update={"batching": whole})) as whole_proxy,
+        ):
+            for repeat in range(repeats):
+                print(f"{n} queries, run {repeat + 1} of {repeats} ...", flush=True)
+                runs.setdefault(("bm25s", n), []).append(in_process_run(bm25s_call, queries))
+                own = in_process_run(lambda b: backend.retrieve(b, TOP_K), queries)
+                runs.setdefault(("backend", n), []).append(own)
+                for path, proxy in [("chunked", chunked_proxy), ("whole", whole_proxy)]:
+                    runs.setdefault((path, n), []).append(proxy_run(proxy.url, proxy.pid, queries))
 
-    print(f"\nlarge requests (one POST /retrieve, topk {TOP_K}, return_scores; median of {repeats} runs):\n")
     print(
-        "| queries in the request | path | seconds | queries/s | vs in-process bm25s | vs in-process backend "
-        "| answer MB | proxy RSS idle MB | peak RSS growth, 1st request MB | later requests MB | errors |"
+        f"\nlarge requests: one POST /retrieve, topk {TOP_K}, return_scores; median of {repeats} runs; "
+        f"CPU = this process's (in-process) or the proxy process's; peak RSS growth of the proxy in its "
+        f"first request (fresh process) and the largest in later ones\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| queries | path | seconds | queries/s | vs in-process bm25s | vs in-process backend | CPU s "
+        "| CPU / backend CPU | answer MB | proxy RSS MB | peak RSS growth, 1st / later MB | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        base, own = inproc["bm25s", n], inproc["backend", n]
-        rows = [("in-process bm25s, one retrieve call", base, None), ("in-process backend", own, None)]
-        rows += [(label, proxied[path, n].seconds, proxied[path, n]) for path, label in paths.items()]
-        for label, seconds, r in rows:
-            memory = (
-                f"{r.answer_mb:.1f} | {r.rss_mb:.0f} | {r.cold_growth_mb:.1f} | {r.warm_growth_mb:.1f} | {r.errors}"
-                if r is not None
-                else " | | | | "
+        median = {
+            path: (
+                statistics.median(r.seconds for r in runs[path, n]),
+                statistics.median(r.cpu_seconds for r in runs[path, n]),
             )
-            print(
-                f"| {n} | {label} | {seconds:.2f} | {n / seconds:.0f} | {base / seconds:.2f}x | "
-                f"{own / seconds:.2f}x | {memory} |"
-            )
+            for path in paths
+        }
+        base, own = median["bm25s"][0], median["backend"]
+        for path, label in paths.items():
+            seconds, cpu = median[path]
+            cells = [
+                str(n),
+                label,
+                f"{seconds:.2f}",
+                f"{n / seconds:.0f}",
+                f"{base / seconds:.2f}x",
+                f"{own[0] / seconds:.2f}x",
+                f"{cpu:.2f}",
+                f"{cpu / own[1]:.2f}x",
+            ]
+            if path in ("chunked", "whole"):
+                first, later = runs[path, n][0], runs[path, n][1:]
+                later_growth = f"{max(r.growth_mb for r in later):.1f}" if later else "-"
+                errors = sum(not r.ok for r in runs[path, n])
+                cells += [
+                    f"{first.answer_mb:.1f}",
+                    f"{first.rss_mb:.0f}",
+                    f"{first.growth_mb:.1f} / {later_growth}",
+                    str(errors),
+                ]
+            else:
+                cells += ["", "", "", ""]
+            print("| " + " | ".join(cells) + " |")
 
 
 def grid_part(

@@ -15,6 +15,7 @@ from torch import nn
 from igpo_rlhf.algo import value_loss
 from igpo_rlhf.models.loading import load_backbone
 from igpo_rlhf.ray.deepspeed_actor import DeepSpeedActor
+from igpo_rlhf.ray.placement import release_cached_gpu_memory
 from igpo_rlhf.scoring.plan import batches_within_budget
 from igpo_rlhf.training.batch import PaddedBatch
 from igpo_rlhf.training.logprobs import pad_right
@@ -62,6 +63,7 @@ class CriticActor(DeepSpeedActor):
         self.agg = cfg.algorithm.loss_agg
         self.value_clip = cfg.algorithm.value_clip
         self.token_budget = cfg.scorer.token_budget
+        self.colocated = cfg.resources.colocate
 
         def build() -> torch.nn.Module:
             model = load_value_model(cfg.model.critic_path or cfg.model.path, cfg.model)
@@ -99,6 +101,8 @@ class CriticActor(DeepSpeedActor):
         one = torch.ones(1, 1, dtype=torch.long, device=self.device)
         for _ in range(num_forwards - len(batches)):
             self.engine(one, one)
+        if self.colocated:
+            release_cached_gpu_memory()
         return out  # type: ignore[return-value]
 
     def _micro_loss(self, batch: PaddedBatch) -> tuple[torch.Tensor, dict[str, float]]:

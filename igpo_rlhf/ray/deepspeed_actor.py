@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from igpo_rlhf.ray.group import DistributedActor
+from igpo_rlhf.ray.placement import release_cached_gpu_memory
 from igpo_rlhf.training.batch import MiniBatch, PaddedBatch, loss_weight, micro_batches, pad_experiences
 from igpo_rlhf.training.checkpoint import capture_rng, restore_rng
 
@@ -97,6 +98,7 @@ class DeepSpeedActor(DistributedActor):
 
     engine: Any = None
     agg: str = "token_mean"
+    colocated: bool = False  # resources.colocate: free cached GPU memory after each phase for the other roles
 
     def _init_engine(
         self,
@@ -181,6 +183,8 @@ class DeepSpeedActor(DistributedActor):
         out["action_tokens"] = float(tokens)
         out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
         out["lr"] = float(self.scheduler.get_last_lr()[0])
+        if self.colocated:
+            release_cached_gpu_memory()
         return out
 
     # ------------------------------------------------------------------------------------- checkpoints

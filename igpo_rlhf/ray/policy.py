@@ -7,19 +7,22 @@ Its update minimises, per optimiser step (DESIGN.md "Loss"):
 
 with θ_old's log-probs from the belief scorer's pass and the reference's from the ReferenceActor. After
 every update, rank 0 hands the full weights to the rollout and scorer actors: through the Ray object
-store (`state_dict_for_sync`) on CPU and for HF rollout actors, or by NCCL broadcast into vLLM engines
-(`broadcast_to_vllm`) on GPUs.
+store (`state_dict_for_sync`) on CPU and for HF rollout actors, by NCCL broadcast into vLLM engines
+(`broadcast_to_vllm`) and into the belief scorers (`broadcast_to_scorers`, igpo_rlhf/ray/weight_sync.py)
+on GPUs.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import ray
 import torch
 
 from igpo_rlhf.algo import kl_penalty, masked_aggregate, policy_loss
 from igpo_rlhf.models.loading import load_causal_lm
 from igpo_rlhf.ray.deepspeed_actor import DeepSpeedActor
+from igpo_rlhf.ray.weight_sync import ParamSpec, broadcast_from_rank_0, join_weight_group, param_specs
 from igpo_rlhf.training.batch import PaddedBatch
 from igpo_rlhf.training.logprobs import action_log_probs
 
@@ -41,7 +44,9 @@ class PolicyActor(DeepSpeedActor):
         self.kl_coef, self.kl_estimator = algo.kl_coef, algo.kl_estimator
         self.entropy_coef = algo.entropy_coef
         self.logits_chunk = cfg.train.logits_chunk
+        self.colocated = cfg.resources.colocate
         self._vllm_group: Any = None
+        self._scorer_group: Any = None
 
         def build() -> torch.nn.Module:
             model = load_causal_lm(
@@ -157,6 +162,31 @@ class PolicyActor(DeepSpeedActor):
             finally:
                 config.use_cache = False
             load_tokenizer(tokenizer_dir).save_pretrained(path)
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """(node IP, free port) where rank 0 hosts the scorers' weight group (call on rank 0)."""
+        from igpo_rlhf.ray.group import free_port
+
+        return ray.util.get_node_ip_address().strip("[]"), free_port()
+
+    def join_scorer_group(self, address: str, port: int, world_size: int, backend: str) -> list[ParamSpec]:
+        """Rank 0 joins the weight group as its rank 0 (with the scorers as 1..world_size-1; they join at the
+        same time) and returns what it will send; other ranks return []."""
+        if self.rank != 0:
+            return []
+        self._scorer_group = join_weight_group(address, port, 0, world_size, backend)
+        return param_specs(self.engine.module)
+
+    def broadcast_to_scorers(self) -> int:
+        """Every parameter from rank 0 to the scorers of the weight group, in `param_specs` order (collective:
+        under ZeRO-3 every rank gathers each parameter in turn). Returns the tensors sent (0 on ranks > 0)."""
+        sent = 0
+        for _, param in self.engine.module.named_parameters():
+            with self._gathered([param]):
+                if self.rank == 0:
+                    broadcast_from_rank_0(self._scorer_group, param.data.contiguous())
+                    sent += 1
+        return sent
 
     def broadcast_to_vllm(self, engines: list[Any], tensor_parallel_size: int, backend: str = "nccl") -> int:
         """NCCL broadcast of every parameter from rank 0 into the vLLM engines (GPU runs; collective).

@@ -3,16 +3,21 @@
 Flags override the config file; without a file they start from the defaults of ProxySettings. The
 first line printed is `search proxy: serving <backend> on http://HOST:PORT` (the real port when --port 0).
 Exit status: 0 after a normal shutdown (SIGINT/SIGTERM), 1 if the backend failed to load, 2 for a bad
-config.
+config. `--parent-pid PID` (what `launch.start_proxy` passes): shut down, as on SIGTERM, once process PID is
+no longer this process's parent — the process that started the proxy died, even by SIGKILL, so the proxy
+does not outlive it holding its port.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
+import time
 from typing import Any
 
 from services.search_proxy.settings import ProxySettings, read_settings_file, settings_from_dict
@@ -35,7 +40,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-queries-per-request", type=int, help="queries allowed in one request (default 65536)"
     )
     parser.add_argument("--max-body-bytes", type=int, help="largest request body (default 32 MiB)")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="shut down when process PID is no longer this process's parent (the launcher died)",
+    )
     return parser.parse_args(argv)
+
+
+PARENT_POLL_S = 0.5  # how often the proxy looks for its launcher (--parent-pid)
+
+
+def watch_parent(parent_pid: int) -> None:
+    """SIGTERM to this process (uvicorn's graceful shutdown) once `parent_pid` is no longer its parent: a
+    dead parent's orphans are re-parented (to init or a subreaper). Polling getppid() is used rather than
+    Linux's PR_SET_PDEATHSIG, which fires when the *thread* that started the child exits, so a proxy
+    launched from a worker thread would be killed while its launcher still runs."""
+
+    def poll() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        print(f"search proxy: parent process {parent_pid} is gone; shutting down", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
 def settings_from_args(args: argparse.Namespace) -> ProxySettings:
@@ -114,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; end with our status then.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sys.exit(1 if failures else 0))
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid)
     server.run(sockets=[sock])
     return 1 if failures else 0
 

@@ -1,7 +1,8 @@
 """Start the proxy as a subprocess (`python -m services.search_proxy`) and wait until it serves.
 
 The trainer and the end-to-end tests use this: the proxy lives in its own process, so it is not slowed
-by the driver's work and can be killed cleanly.
+by the driver's work and can be killed cleanly. It shuts down by itself when the process that started it
+dies, even by SIGKILL (`--parent-pid`), so it never outlives its launcher holding its port.
 
     with start_proxy(settings) as proxy:        # port 0: the proxy picks a free port and prints it
         SearchClient(proxy.url).search(["who wrote hamlet"], top_k=3)
@@ -102,8 +103,10 @@ def start_proxy(
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, child_env.get("PYTHONPATH")) if p)
     child_env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("wb") as log_handle:
+        # --parent-pid: the proxy shuts down when this process dies, even by SIGKILL (no atexit runs then)
+        command = [sys.executable, "-m", "services.search_proxy", "--config", str(config_file)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.search_proxy", "--config", str(config_file)],
+            [*command, "--parent-pid", str(os.getpid())],
             stdout=log_handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -312,6 +312,42 @@ class RolloutConfig(_Section):
 
 
 # -------------------------------------------------------------------------------------------- search
+class SearchFailuresConfig(_Section):
+    check_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="Timeout of each request of the search backend check (GET /healthz, then one query by POST "
+        "/search; no retries), run before Ray starts and while waiting for a failing backend to recover.",
+    )
+    max_error_rate: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="A step whose rollouts' searches failed more often than this (failed / all searches) is not "
+        "trained on: the trainer waits for the backend and rolls the step out again. 1 disables the limit.",
+    )
+    window_steps: int = Field(
+        10, ge=1, description="Steps (trained on) over which max_window_error_rate is watched."
+    )
+    max_window_error_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Searches failed over the last window_steps steps, this one included, above this rate: the "
+        "step is not trained on, as for max_error_rate (watched once window_steps steps ran). 1 disables it.",
+    )
+    recovery_timeout_s: float = Field(
+        300.0,
+        gt=0.0,
+        description="How long the trainer waits for a failing backend (from the first batch it rejected) before "
+        "it stops with a checkpoint (exit code 4; --resume continues).",
+    )
+    backoff_s: float = Field(
+        2.0, gt=0.0, description="Wait before the first check of a failing backend; doubled after each."
+    )
+    max_backoff_s: float = Field(60.0, gt=0.0, description="Longest wait between two checks.")
+
+
 class SearchConfig(_Section):
     url: str | None = Field(
         None,
@@ -325,6 +361,10 @@ class SearchConfig(_Section):
     retries: int = Field(2, ge=0, description="Client retries (with backoff) before an error observation.")
     token_env: str | None = Field(
         None, description="Environment variable holding the proxy's bearer token, when auth is on."
+    )
+    failures: SearchFailuresConfig = Field(
+        default_factory=SearchFailuresConfig,
+        description="Search failures: the check at start-up, and when a step's rollouts are not trained on.",
     )
 
 
@@ -404,6 +444,23 @@ class CollapseConfig(_Section):
     )
 
 
+class TimeoutsConfig(_Section):
+    start_s: float = Field(
+        3600.0,
+        gt=0.0,
+        description="Actor start-up (model loads, DeepSpeed init) and checkpoint loads; past it the run stops "
+        "naming the actor (exit code 6).",
+    )
+    rollout_s: float = Field(
+        3600.0, gt=0.0, description="A rollout phase: a step's or a validation's generate."
+    )
+    call_s: float = Field(
+        3600.0,
+        gt=0.0,
+        description="Every other actor call: scoring, reference, values, update, weight sync, checkpoint save.",
+    )
+
+
 class TrainConfig(_Section):
     steps: int = Field(100, ge=1, description="Training steps (one step = prompts_per_step × n rollouts).")
     prompts_per_step: int = Field(32, ge=1, description="Prompts sampled per step.")
@@ -437,6 +494,10 @@ class TrainConfig(_Section):
     )
     collapse: CollapseConfig = Field(
         default_factory=CollapseConfig, description="What counts as a collapse (train.on_collapse)."
+    )
+    timeouts: TimeoutsConfig = Field(
+        default_factory=TimeoutsConfig,
+        description="Seconds the driver waits on actors before it stops the run naming the stuck one.",
     )
 
 

@@ -4,6 +4,7 @@
     igpo make-tiny-model OUT [options]
     igpo build-world OUT [options]
     igpo config [-c CONFIG] [--set key=value ...] [--schema]
+    igpo plan -c CONFIG [--set key=value ...] [--gpu-memory-gb 80]
     igpo eval -c CONFIG [--data FILE ...] [--limit-per-source N] [--n-samples K] --out DIR
     igpo models get NAME OUT | igpo models list
     igpo view PATH [--host 127.0.0.1] [--port 8000]
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("igpo_rlhf.world.tiny_model", "build the tiny warm-started demo model"),
     "build-world": ("igpo_rlhf.world.world", "render the built-in fictional world (corpus + QA)"),
     "config": ("igpo_rlhf.config", "print a resolved config, or every field with its help (--schema)"),
+    "plan": ("igpo_rlhf.ray.memory_plan", "estimate each role's GPU memory per GPU; exit 2 if it cannot fit"),
     "eval": (
         "igpo_rlhf.eval.run",
         "evaluate a model or endpoint as a search agent: scores per source, rollouts",

@@ -763,6 +763,62 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(_format_error(err, source)) from None
 
 
+def run_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(dotted key, path) of every file or directory a run reads or writes, as the config gives them: the models,
+    the question files, the run directory, and what the proxy started from search.proxy reads (only the keys in
+    use: ref/critic paths when set, the proxy's files when search.url is null, the world when a `world:` entry
+    is read)."""
+    paths = [("model.path", cfg.model.path)]
+    for key in ("ref_path", "critic_path"):
+        if getattr(cfg.model, key):
+            paths.append((f"model.{key}", getattr(cfg.model, key)))
+    for section in ("train", "eval"):
+        paths += [(f"data.{section}[{i}]", f) for i, f in enumerate(getattr(cfg.data, section))]
+    if any(f.startswith("world:") for f in cfg.data.train + cfg.data.eval):
+        paths.append(("data.world.dir", cfg.data.world.dir))
+    paths.append(("logging.run_dir", cfg.logging.run_dir))
+    proxy = cfg.search.proxy
+    if cfg.search.url is None:
+        if proxy.corpus is not None:
+            paths.append(("search.proxy.corpus", str(proxy.corpus)))
+        paths.append(("search.proxy.cache.dir", str(proxy.cache.dir)))
+        if proxy.dense.model is not None:
+            paths.append(("search.proxy.dense.model", proxy.dense.model))
+    return [(key, path) for key, path in paths if not path.startswith("world:")]
+
+
+def resolve_run_paths(cfg: Config, *, cluster: bool, base: str | Path | None = None) -> Config:
+    """The config with every path of `run_paths` absolute, resolved against `base` (default: the current
+    directory), so that every actor reads the same files whatever its working directory.
+
+    `cluster` (the driver joins a Ray cluster: `ray job submit`, resources.ray_address): a relative path is a
+    ConfigError naming each key. The job then runs in Ray's per-job copy of the working directory, which does
+    not hold .cache/ or runs/, and actors on other nodes resolve paths on their own disks: checkpoints of the
+    ranks on other nodes would land on those machines. Paths must be absolute, on storage every node shares.
+    """
+    relative = [(key, path) for key, path in run_paths(cfg) if not Path(path).expanduser().is_absolute()]
+    if cluster and relative:
+        listed = ", ".join(f"{key}={path!r}" for key, path in relative)
+        raise ConfigError(
+            f"relative paths while joining a Ray cluster: {listed}. The job runs in Ray's per-job copy of the "
+            "working directory and each node resolves a path on its own disk: give absolute paths on storage "
+            "every node shares (--set KEY=/shared/...), logging.run_dir above all (every rank checkpoints there)"
+        )
+    root = Path(base) if base is not None else Path.cwd()
+    tree = cfg.model_dump(mode="json")
+    for key, path in run_paths(cfg):
+        absolute = str((root / Path(path).expanduser()).resolve())
+        *parents, last = key.replace("]", "").replace("[", ".").split(".")
+        node: Any = tree
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = absolute
+        else:
+            node[last] = absolute
+    return Config.model_validate(tree)
+
+
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML (what a run directory stores)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

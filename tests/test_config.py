@@ -219,3 +219,47 @@ def test_memory_keys_have_bounds() -> None:
     for override in ("train.logits_chunk=0", "scorer.logits_chunk=0", "resources.gpu_memory_gb=0"):
         with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
             load_config(None, [override])
+
+
+def test_run_paths_become_absolute_and_relative_ones_are_refused_on_a_cluster(tmp_path: Path) -> None:
+    from igpo_rlhf.config import resolve_run_paths
+
+    cfg = load_config(None, ["model.path=models/m", "model.ref_path=models/ref", "data.train=[q/train.jsonl, world:train]",
+                             "data.eval=[q/test.parquet]", "logging.run_dir=runs/x", "search.proxy.corpus=c/p.jsonl"])  # fmt: skip
+    local = resolve_run_paths(cfg, cluster=False, base=tmp_path)
+    assert local.model.path == str(tmp_path / "models/m") and local.model.ref_path == str(
+        tmp_path / "models/ref"
+    )
+    assert local.data.train == [str(tmp_path / "q/train.jsonl"), "world:train"]  # world entries are not paths
+    assert local.data.eval == [str(tmp_path / "q/test.parquet")]
+    assert local.data.world.dir == str(tmp_path / "runs/world")  # read: a world: entry is used
+    assert local.logging.run_dir == str(tmp_path / "runs/x")
+    assert local.search.proxy.corpus == tmp_path / "c/p.jsonl"
+    assert local.search.proxy.cache.dir == tmp_path / ".cache/search"
+    assert resolve_run_paths(local, cluster=True) == local  # absolute everywhere: accepted on a cluster
+
+    with pytest.raises(ConfigError) as err:
+        resolve_run_paths(cfg, cluster=True)
+    message = str(err.value)
+    for key in ("model.path='models/m'", "model.ref_path='models/ref'", "data.train[0]='q/train.jsonl'",
+                "data.eval[0]='q/test.parquet'", "data.world.dir='runs/world'", "logging.run_dir='runs/x'",
+                "search.proxy.corpus='c/p.jsonl'", "search.proxy.cache.dir='.cache/search'"):  # fmt: skip
+        assert key in message
+    assert "model.critic_path" not in message and "world:train" not in message
+    # a running proxy (search.url) reads no file of ours: its keys are not asked for
+    remote = cfg.model_copy(update={"search": cfg.search.model_copy(update={"url": "http://proxy:8000"})})
+    with pytest.raises(ConfigError) as err:
+        resolve_run_paths(remote, cluster=True)
+    assert "search.proxy" not in str(err.value)
+
+
+def test_train_resolves_paths_and_refuses_relative_ones_when_joining_a_cluster(tmp_path, monkeypatch, capsys):
+    from igpo_rlhf.ray.train import main as train_main
+
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert train_main(["-c", str(ROOT / "configs/demo.yaml")]) == 2  # the demo's paths are relative
+    err = capsys.readouterr().err
+    assert "relative paths while joining a Ray cluster: model.path='.cache/demo/model'" in err
+    assert (
+        "logging.run_dir='runs/demo'" in err and "search.proxy.corpus='.cache/demo/world/corpus.jsonl'" in err
+    )

@@ -105,15 +105,15 @@ def belief_scores(
     """log b_{i,t} at every belief point of every trajectory: the trainer's belief scorer (`score_beliefs`)
     with the answer probe and alias reduction of `cfg.algorithm`."""
     from igpo_rlhf.scoring import score_beliefs
-    from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids
+    from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids, run_answer_separator
 
-    probe = cfg.algorithm.answer_probe
+    probe, separator = cfg.algorithm.answer_probe, run_answer_separator(cfg)
     return score_beliefs(
         model,
         [t.token_ids for t in trajectories],
         [t.belief_points for t in trajectories],
         probe_token_ids(tokenizer, probe),
-        [alias_token_ids(tokenizer, probe, t.golds) for t in trajectories],
+        [alias_token_ids(tokenizer, probe, t.golds, separator) for t in trajectories],
         alias_reduce=cfg.algorithm.alias_reduce,
         token_budget=cfg.scorer.token_budget,
     )
@@ -147,7 +147,7 @@ def build_engine(
         if not ray.is_initialized():
             ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local")
         v = cfg.rollout.vllm
-        actors = create_engines(
+        actors, group = create_engines(
             cfg.model.path,
             num_engines=cfg.resources.rollout.num_actors,
             tensor_parallel_size=v.tensor_parallel_size,
@@ -157,7 +157,7 @@ def build_engine(
             enable_prefix_caching=v.enable_prefix_caching,
             enforce_eager=v.enforce_eager,
         )
-        return VLLMEngine(actors)
+        return VLLMEngine(actors, placement_group=group)  # close() kills the engines and frees their GPUs
     raise ValueError(f"rollout.engine={engine!r}; accepted: hf, openai, vllm")
 
 

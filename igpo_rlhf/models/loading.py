@@ -56,6 +56,19 @@ def load_tokenizer(model_path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def check_attention(attn_implementation: str) -> None:
+    """ValueError naming model.attn_implementation when its kernels are not importable here."""
+    import importlib.util
+
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "model.attn_implementation=flash_attention_2 needs the flash_attn package, which is not installed "
+            "here: on a CUDA machine install the opt-in extra (pip install --no-build-isolation -e "
+            "'.[flash-attn]', a source build of flash-attn), or use sdpa, the default (nothing in igpo-rlhf needs "
+            "flash-attn)"
+        )
+
+
 def load_causal_lm(
     path: str | Path,
     *,
@@ -85,6 +98,7 @@ def load_backbone(
 def _from_pretrained(
     auto_class: type, path: str | Path, dtype: str, attn_implementation: str, trust_remote_code: bool
 ) -> PreTrainedModel:
+    check_attention(attn_implementation)
     model = auto_class.from_pretrained(
         check_model_dir(path),
         dtype=torch_dtype(dtype),

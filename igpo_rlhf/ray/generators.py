@@ -6,10 +6,14 @@
     close()                                                       kill the engines
 
 - `HFRollouts` (rollout.engine=hf, CPU or GPU): RolloutActors, each rolling out a contiguous share of the
-  step's prompts; weights through the Ray object store (policy rank 0's state dict, resolved by Ray).
+  step's prompts; weights through the Ray object store (policy rank 0's state dict, resolved by Ray). The
+  search proxy's token (search.token_env, read here in the driver) is handed to each actor, so actors on
+  other nodes need no environment variable.
 - `VLLMRollouts` (rollout.engine=vllm, GPU only): vLLM engine actors created through
-  igpo_rlhf.rollout.vllm_engine; the agent loop runs in the driver (cheap CPU work) with `VLLMEngine`;
-  weights by NCCL broadcast from the policy's rank 0 into the engines. Cannot run on a CPU machine.
+  igpo_rlhf.rollout.vllm_engine; the agent loop runs in the driver (cheap CPU work) with `VLLMEngine`, which
+  spreads prompts over the engines and keeps each trajectory on one; weights by NCCL broadcast from the
+  policy's rank 0 into the engines; `close()` kills the engines and removes their placement group. Cannot
+  run on a CPU machine.
 """
 
 from __future__ import annotations
@@ -52,12 +56,16 @@ class HFRollouts:
 
     def __init__(self, cfg: Config, placement: RolePlacement, search_url: str) -> None:
         from igpo_rlhf.ray.rollout_actor import RolloutActor
+        from igpo_rlhf.rollout.searcher import search_token
 
         self.group = ActorGroup(
             RolloutActor,
             placement,
             init_args=(cfg, search_url),
-            init_kwargs={"device": "cuda" if placement.num_gpus > 0 else "cpu"},
+            init_kwargs={
+                "device": "cuda" if placement.num_gpus > 0 else "cpu",
+                "search_token": search_token(cfg.search),
+            },
         )
         self.parallelism = len(self.group)
 
@@ -99,7 +107,7 @@ class VLLMRollouts:
 
         v = cfg.rollout.vllm
         self.cfg = cfg
-        self.engines = vllm_engine.create_engines(
+        self.engines, group = vllm_engine.create_engines(
             cfg.model.path,
             num_engines=cfg.resources.rollout.num_actors,
             tensor_parallel_size=v.tensor_parallel_size,
@@ -109,7 +117,7 @@ class VLLMRollouts:
             enable_prefix_caching=v.enable_prefix_caching,
             enforce_eager=v.enforce_eager,
         )
-        self.engine = vllm_engine.VLLMEngine(self.engines)
+        self.engine = vllm_engine.VLLMEngine(self.engines, placement_group=group)
         self.tokenizer = tokenizer
         self.protocol = protocol
         self.search = ProxySearcher.from_config(search_url, cfg.search)
@@ -150,6 +158,6 @@ class VLLMRollouts:
         return [self.version]
 
     def close(self) -> None:
-        for engine in self.engines:
-            ray.kill(engine)
+        """Kill the engines and remove their placement group (idempotent)."""
+        self.engine.close()
         self.engines = []

@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 class RolloutActor:
     """Generator + agent loop for `rollout.engine=hf` (transformers generate on CPU or one GPU)."""
 
-    def __init__(self, cfg: Config, search_url: str, *, device: str = "cpu") -> None:
+    def __init__(
+        self, cfg: Config, search_url: str, *, device: str = "cpu", search_token: str | None = None
+    ) -> None:
+        """`search_token`: the proxy's bearer token, from the driver (HFRollouts); None: read the variable
+        search.token_env names in this actor's environment."""
         if cfg.rollout.engine != "hf":
             raise ValueError(
                 f"rollout.engine={cfg.rollout.engine!r}: RolloutActor runs engine=hf; engine=vllm is served by "
@@ -41,7 +45,13 @@ class RolloutActor:
         )
         self.engine = HFEngine(model, self.tokenizer, device=device)
         self.protocol = make_protocol(cfg.rollout, self.tokenizer, cfg.algorithm.answer_probe)
-        self.search = ProxySearcher.from_config(search_url, cfg.search)
+        if search_token is None:
+            self.search = ProxySearcher.from_config(search_url, cfg.search)
+        else:
+            s = cfg.search
+            self.search = ProxySearcher(
+                search_url, timeout_s=s.timeout_s, retries=s.retries, token=search_token
+            )
         self.version = 0
 
     def generate(

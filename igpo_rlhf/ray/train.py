@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from igpo_rlhf.config import Config, ConfigError, load_config
+from igpo_rlhf.config import Config, ConfigError, load_config, resolve_run_paths
 from igpo_rlhf.rollout.trajectory import PromptItem
 
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the checkout holding igpo_rlhf and services
@@ -60,6 +60,56 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
+def joins_cluster(cfg: Config) -> bool:
+    """Whether the driver joins a running Ray cluster (resources.ray_address, or RAY_ADDRESS as `ray job
+    submit` sets it) instead of starting a local Ray."""
+    return bool(cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def start_run_proxy(cfg: Config, *, log_file: Path) -> tuple[Any, Config]:
+    """The search proxy of a run whose search.url is null, and the config its clients use.
+
+    Every actor that searches must reach it. On a local Ray, or with rollout.engine=vllm (the agent loop runs
+    in this driver), loopback does. When the driver joins a cluster with rollout.engine=hf, rollout actors may
+    run on other nodes: the proxy then listens on this node's IP, and since it listens beyond loopback it
+    requires a bearer token. The token is the value of search.proxy.auth.token_env when set, else generated
+    here; this process gets it in its environment under the client's variable (search.token_env, set to the
+    proxy's when null), and the rollout actors get it from the driver (HFRollouts), so no node needs it set.
+    """
+    import secrets
+
+    from services.search_proxy.launch import start_proxy
+    from services.search_proxy.settings import is_loopback
+
+    settings = cfg.search.proxy
+    if joins_cluster(cfg) and cfg.rollout.engine == "hf" and is_loopback(settings.host):
+        settings = settings.model_copy(update={"host": ray.util.get_node_ip_address().strip("[]")})
+    env: dict[str, str] = {}
+    if settings.auth_required():
+        token = os.environ.get(settings.auth.token_env) or secrets.token_urlsafe(32)
+        env[settings.auth.token_env] = token
+        client_var = cfg.search.token_env or settings.auth.token_env
+        os.environ[client_var] = token
+        if cfg.search.token_env is None:
+            cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"token_env": client_var})})
+    return start_proxy(settings, port=0, log_file=log_file, env=env), cfg
+
+
+def check_gpu_setup(cfg: Config) -> None:
+    """What a GPU run needs, checked before anything starts: vLLM importable for rollout.engine=vllm,
+    flash_attn for model.attn_implementation=flash_attention_2, and every GPU's roles fitting its memory
+    (`igpo plan`; resources.gpu_memory_gb, else this machine's first GPU, else 80 GB)."""
+    from igpo_rlhf.models.loading import check_attention
+    from igpo_rlhf.ray.memory_plan import startup_check
+
+    if cfg.rollout.engine == "vllm":
+        from igpo_rlhf.rollout.vllm_engine import require_vllm
+
+        require_vllm()
+    check_attention(cfg.model.attn_implementation)
+    startup_check(cfg)
+
+
 def prepare(cfg: Config, *, resume: bool = False) -> RunInputs:
     """Every check of the run's inputs, before anything starts: the engine (openai endpoints cannot be
     trained), the run directory (checkpoints there need --resume), the model directory, and the training
@@ -77,6 +127,7 @@ def prepare(cfg: Config, *, resume: bool = False) -> RunInputs:
         )
     check_run_dir(cfg.logging.run_dir, resume=resume)
     check_model_dir(cfg.model.path)
+    check_gpu_setup(cfg)
     prompts = load_questions(
         cfg.data.train, format=cfg.data.format, max_samples=cfg.data.max_train_samples, world=cfg.data.world
     )
@@ -106,10 +157,8 @@ def train(cfg: Config, inputs: RunInputs, *, resume: bool = False) -> list[dict[
     try:
         url = cfg.search.url
         if url is None:
-            from services.search_proxy.launch import start_proxy
-
             run_dir.mkdir(parents=True, exist_ok=True)
-            proxy = start_proxy(cfg.search.proxy, port=0, log_file=run_dir / "search_proxy.log")
+            proxy, cfg = start_run_proxy(cfg, log_file=run_dir / "search_proxy.log")
             url = proxy.url
         started_ray = start_ray(cfg)
         trainer = Trainer(cfg, inputs.prompts, url, resume=resume, eval_prompts=inputs.eval_prompts)
@@ -140,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
+        # absolute paths for every actor; relative ones refused when joining a cluster (each key named)
+        cfg = resolve_run_paths(cfg, cluster=joins_cluster(cfg))
         if args.overwrite:
             run_dir = Path(cfg.logging.run_dir)
             for name in _RUN_OUTPUTS:

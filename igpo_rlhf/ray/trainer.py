@@ -33,8 +33,10 @@ from igpo_rlhf.ray.placement import RolePlacement, place_roles, release
 from igpo_rlhf.ray.policy import PolicyActor
 from igpo_rlhf.ray.reference import ReferenceActor
 from igpo_rlhf.ray.scorer import BeliefScorerActor
+from igpo_rlhf.ray.weight_sync import check_same_parameters, scorer_transport
 from igpo_rlhf.rollout.protocols import make_protocol
-from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids
+from igpo_rlhf.rollout.vllm_engine import require_vllm
+from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids, run_answer_separator
 from igpo_rlhf.training.batch import Experience, grad_accum_steps, per_rank_minibatch_size, split_for_update
 from igpo_rlhf.training.checkpoint import (
     CheckpointManager,
@@ -122,7 +124,12 @@ class Trainer:
             roles.append("reference")
         if self.estimator == "ppo":
             roles.append("critic")
+        if cfg.rollout.engine == "vllm":
+            require_vllm()  # before any actor is placed
         self.placements = placements = place_roles(cfg.resources, roles)
+        self._scorer_transport = scorer_transport(
+            placements["policy"].num_gpus, placements["scorer"].num_gpus
+        )
 
         total_steps = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.mini_batches
         self.policy = ActorGroup(PolicyActor, placements["policy"], distributed=True)
@@ -148,7 +155,9 @@ class Trainer:
                 "dtype": cfg.model.dtype,
                 "device": "cuda" if placements["scorer"].num_gpus > 0 else "cpu",
                 "token_budget": cfg.scorer.token_budget,
+                "logits_chunk": cfg.scorer.logits_chunk,
                 "trust_remote_code": cfg.model.trust_remote_code,
+                "release_memory": cfg.resources.colocate,
             },
         )
         pending += self.scorer.call_async("weights_version")
@@ -161,6 +170,22 @@ class Trainer:
             self.rollouts = VLLMRollouts(cfg, search_url, self.tokenizer, self.protocol)
         pending += self.rollouts.ready()
         ray.get(pending)
+        if self._scorer_transport == "nccl":
+            self._join_scorer_weight_group()
+
+    def _join_scorer_weight_group(self) -> None:
+        """GPU runs: the NCCL group of the policy's rank 0 and the scorers (weight_sync.py), made once; the
+        parameters rank 0 sends are checked against each scorer's."""
+        address, port = ray.get(self.policy.actors[0].weight_group_address.remote())
+        world = len(self.scorer) + 1
+        sent = self.policy.call_async("join_scorer_group", address, port, world, "nccl")
+        received = [
+            a.join_weight_group.remote(address, port, k + 1, world, "nccl")
+            for k, a in enumerate(self.scorer.actors)
+        ]
+        specs = ray.get(sent)[0]
+        for k, spec in enumerate(ray.get(received)):
+            check_same_parameters(specs, spec, f"scorer actor {k}")
 
     def _grad_accum(self, world_size: int) -> int:
         rollouts = self.cfg.train.prompts_per_step * self.cfg.rollout.n_samples
@@ -372,7 +397,7 @@ class Trainer:
         key = tuple(traj.golds)
         if key not in self._alias_cache:
             self._alias_cache[key] = alias_token_ids(
-                self.tokenizer, self.protocol.answer_probe_text, traj.golds
+                self.tokenizer, self.protocol.answer_probe_text, traj.golds, run_answer_separator(self.cfg)
             )
         return self._alias_cache[key]
 
@@ -448,12 +473,21 @@ class Trainer:
         return out
 
     def _sync_weights(self, version: int) -> None:
-        """θ_old := θ for the rollout and scorer actors (object store; NCCL into vLLM engines)."""
-        refs = self.policy.call_async("state_dict_for_sync")  # collective under ZeRO-3; rank 0's is the dict
-        state_dict = refs[0]
-        waits = list(refs[1:])
+        """θ_old := θ for the rollout and scorer actors. CPU: the policy's state dict through the object store.
+        GPU: NCCL broadcasts from the policy's rank 0 into the vLLM engines and into the scorers
+        (igpo_rlhf/ray/weight_sync.py); the state dict is then gathered only for hf rollout actors."""
+        by_broadcast = self._scorer_transport == "nccl"
+        waits: list[ray.ObjectRef] = []
+        state_dict = None
+        if not by_broadcast or self.cfg.rollout.engine == "hf":
+            refs = self.policy.call_async("state_dict_for_sync")  # ZeRO-3: collective; rank 0's is the dict
+            state_dict, waits = refs[0], list(refs[1:])
         waits += self.rollouts.push_weights(self.policy, state_dict, version)
-        waits += [a.update_weights.remote(state_dict, version) for a in self.scorer.actors]
+        if by_broadcast:  # rank 0 sends while the scorers receive in place (ZeRO-3: every rank gathers)
+            waits += self.policy.call_async("broadcast_to_scorers")
+            waits += [a.receive_weights.remote(version) for a in self.scorer.actors]
+        else:
+            waits += [a.update_weights.remote(state_dict, version) for a in self.scorer.actors]
         ray.get(waits)
 
     # -------------------------------------------------------------------------------- persistence

@@ -3,15 +3,17 @@
 The only module of ours that touches vllm, and only inside functions: it imports on a CPU machine. We
 reuse OpenRLHF 0.11.2 (`openrlhf.trainer.ray.vllm_engine`, which imports vllm at its top, so it is
 imported lazily too) for what it already does well:
-- `create_vllm_engines`: placement group, per-engine bundles, `AsyncLLMEngine` in a `RolloutRayActor`
-  with OpenRLHF's `WorkerWrap` worker extension;
+- `create_vllm_engines`: per-engine bundles, `AsyncLLMEngine` in a `RolloutRayActor` with OpenRLHF's
+  `WorkerWrap` worker extension (we make the placement group ourselves and pass it in: OpenRLHF's own is
+  waited for without a timeout and never handed back, so it could be neither bounded nor removed);
 - `RolloutRayActor.generate(prompt_token_ids, sampling_params)` → the final vLLM `RequestOutput`;
 - weight sync: `RolloutRayActor.init_process_group` / `update_weight` (NCCL broadcast from the policy's
   rank 0, through vLLM's `StatelessProcessGroup` + `PyNcclCommunicator` via
   `openrlhf.utils.distributed_util.stateless_init_process_group`).
 What OpenRLHF lacks and we add here: the multi-turn request glue (per-row budgets, stop strings kept in
-the output, per-row seeds, finish mapping to our `Generation`) and the two weight-sync calls as plain
-functions, because OpenRLHF keeps them inside its PPO actor class.
+the output, per-row seeds, finish mapping to our `Generation`), the engine each request goes to
+(`EngineRouter`: prompts round-robin, every turn of a trajectory on its prompt's engine), and the two
+weight-sync calls as plain functions, because OpenRLHF keeps them inside its PPO actor class.
 
 How the trainer picks: `rollout.engine=hf` → `RolloutActor`s (igpo_rlhf/ray/rollout_actor.py) each hold an
 HFEngine and run the agent loop; `rollout.engine=vllm` → the driver calls `create_engines(...)`, wraps the
@@ -22,7 +24,7 @@ CPU work; the generation runs in the engine actors), then pushes weights with `i
 
 from __future__ import annotations
 
-import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -68,11 +70,62 @@ def row_seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s & 0x7FFFFFFF) for s in np.random.SeedSequence([seed]).generate_state(n)]
 
 
-def engine_index(context: list[int], n_engines: int) -> int:
-    """Engine for a context: a hash of its first 256 tokens, so every turn of a trajectory and every
-    rollout of one prompt go to the same engine and share its prefix cache."""
-    head = np.asarray(context[:256], dtype=np.int64).tobytes()
-    return zlib.crc32(head) % n_engines
+class EngineRouter:
+    """Which engine serves each context: prompts round-robin, every later turn on its prompt's engine.
+
+    A context the router has not seen a prefix of is a new prompt (turn 1) and gets the next engine in turn;
+    the n rollouts of a group share that prompt, so they land together and share its prefix cache. A later
+    turn's context starts with its prompt, so it finds the prompt's engine: each trajectory stays on one
+    engine. Load spreads by prompt count whatever the prompts share: every tool_call prompt starts with the
+    same long system message, so routing by a hash of the first tokens sent everything to one engine.
+
+    Prefixes are found by hash: h(c[:L]) = Σ_{j<L} c_j · w_j mod 2^64 with fixed random 64-bit weights w_j, so
+    one cumulative sum gives the hash of every prefix of a context, and each registered prompt length is one
+    dict lookup. The last `max_prompts` prompts are remembered.
+    """
+
+    def __init__(self, n_engines: int, *, max_prompts: int = 16384, seed: int = 0) -> None:
+        if n_engines < 1:
+            raise ValueError(f"n_engines={n_engines}: need at least one engine")
+        self.n_engines = n_engines
+        self.max_prompts = max_prompts
+        self._rng = np.random.default_rng(seed)
+        self._weights = np.zeros(0, dtype=np.uint64)
+        self._prompts: OrderedDict[tuple[int, int], int] = OrderedDict()  # (length, hash) -> engine
+        self._lengths: dict[int, int] = {}  # prompt length -> prompts of that length remembered
+        self._next = 0
+
+    def route(self, contexts: list[list[int]]) -> list[int]:
+        """The engine index of every context (registering the new prompts among them), in order."""
+        return [self._route(ctx) for ctx in contexts]
+
+    def _route(self, context: list[int]) -> int:
+        hashes = self._prefix_hashes(context)  # hashes[L - 1] = h(context[:L])
+        for length in sorted((n for n in self._lengths if n <= len(context)), reverse=True):
+            key = (length, int(hashes[length - 1]))
+            if key in self._prompts:
+                self._prompts.move_to_end(key)
+                return self._prompts[key]
+        engine = self._next % self.n_engines
+        self._next += 1
+        self._prompts[(len(context), int(hashes[-1]))] = engine
+        self._lengths[len(context)] = self._lengths.get(len(context), 0) + 1
+        if len(self._prompts) > self.max_prompts:
+            (length, _), _ = self._prompts.popitem(last=False)
+            self._lengths[length] -= 1
+            if not self._lengths[length]:
+                del self._lengths[length]
+        return engine
+
+    def _prefix_hashes(self, context: list[int]) -> np.ndarray:
+        if len(self._weights) < len(context):
+            more = self._rng.integers(
+                0, 2**64 - 1, size=max(len(context), 2 * len(self._weights)), dtype=np.uint64
+            )
+            self._weights = np.concatenate([self._weights, more[len(self._weights) :]])
+        ids = np.asarray(context, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            return np.cumsum(ids * self._weights[: len(ids)], dtype=np.uint64)  # wraps mod 2^64
 
 
 def to_generation(request_output: Any) -> Generation:
@@ -106,20 +159,25 @@ def _vllm_sampling_params(**kwargs: Any) -> Any:
 class VLLMEngine:
     """`Engine` over vLLM Ray actors (OpenRLHF's `RolloutRayActor`s, from `create_engines`).
 
-    `make_sampling_params` builds the per-row sampling object (default `vllm.SamplingParams`); `get` is
-    `ray.get`. Both are parameters only so the glue can be tested on a machine without a GPU.
+    Requests are spread by `EngineRouter`. `placement_group`: the engines' group (from `create_engines`),
+    removed with the engines by `close()`. `make_sampling_params` builds the per-row sampling object (default
+    `vllm.SamplingParams`); `get` is `ray.get`. Both are parameters only so the glue can be tested on a
+    machine without a GPU.
     """
 
     def __init__(
         self,
         actors: list[Any],
         *,
+        placement_group: Any = None,
         make_sampling_params: Callable[..., Any] = _vllm_sampling_params,
         get: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         if not actors:
             raise ValueError("VLLMEngine needs at least one vLLM engine actor")
         self.actors = list(actors)
+        self.placement_group = placement_group
+        self.router = EngineRouter(len(self.actors))
         self.make_sampling_params = make_sampling_params
         if get is None:
             import ray
@@ -141,8 +199,9 @@ class VLLMEngine:
         """One request per row (vLLM batches concurrent requests itself); contract in engine.py."""
         check_generate_args(contexts, max_new_tokens, temperature, top_p, top_k)
         refs = []
-        for ctx, budget, row_seed in zip(
-            contexts, max_new_tokens, row_seeds(seed, len(contexts)), strict=True
+        engines = self.router.route(contexts)
+        for ctx, budget, row_seed, engine in zip(
+            contexts, max_new_tokens, row_seeds(seed, len(contexts)), engines, strict=True
         ):
             params = self.make_sampling_params(
                 **sampling_kwargs(
@@ -154,13 +213,25 @@ class VLLMEngine:
                     seed=row_seed,
                 )
             )
-            actor = self.actors[engine_index(ctx, len(self.actors))]
+            actor = self.actors[engine]
             refs.append(actor.generate.remote(prompt_token_ids=list(ctx), sampling_params=params))
         return [to_generation(out) for out in self.get(refs)]
 
     def reset_prefix_cache(self) -> None:
         """Drop cached KV of the old weights (call after every weight push)."""
         self.get([a.reset_prefix_cache.remote() for a in self.actors])
+
+    def close(self) -> None:
+        """Kill the engine actors and remove their placement group (idempotent)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
 
 
 # ------------------------------------------------------------------------------------ creation and sync
@@ -174,26 +245,67 @@ def create_engines(
     gpu_memory_utilization: float,
     enable_prefix_caching: bool,
     enforce_eager: bool,
-    shared_pg: Any = None,
-) -> list[Any]:
-    """`num_engines` vLLM engine actors serving `model_path` (OpenRLHF's `create_vllm_engines`; bfloat16).
+    timeout_s: float = 600.0,
+) -> tuple[list[Any], Any]:
+    """`num_engines` vLLM engine actors serving `model_path` (OpenRLHF's `create_vllm_engines`; bfloat16), and
+    their placement group: `VLLMEngine(actors, placement_group=group)` removes both on `close()`.
 
-    `shared_pg`: a placement group to colocate the engines with training actors (hybrid engine).
+    The group (one whole GPU and one CPU per engine worker, PACK, as OpenRLHF's own) is made and waited for
+    here, `timeout_s` at most, then passed to OpenRLHF as its shared group: its engines then ask for a
+    fraction of their bundle's GPU, which the bundle holds whole. TimeoutError naming what was asked.
     """
+    require_vllm()
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
 
-    return create_vllm_engines(
-        num_engines,
-        tensor_parallel_size,
-        model_path,
-        seed,
-        False,  # full_determinism
-        enable_prefix_caching,
-        enforce_eager,
-        max_model_len,
-        shared_pg=shared_pg,
-        gpu_memory_utilization=gpu_memory_utilization,
-    )
+    group = reserve_engine_gpus(num_engines * tensor_parallel_size, timeout_s=timeout_s)
+    try:
+        actors = create_vllm_engines(
+            num_engines,
+            tensor_parallel_size,
+            model_path,
+            seed,
+            False,  # full_determinism
+            enable_prefix_caching,
+            enforce_eager,
+            max_model_len,
+            shared_pg=group,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+    except BaseException:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(group)
+        raise
+    return actors, group
+
+
+def reserve_engine_gpus(n_gpus: int, *, timeout_s: float) -> Any:
+    """A placement group of `n_gpus` bundles {GPU: 1, CPU: 1} (PACK), ready; TimeoutError with what is free."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"GPU": 1, "CPU": 1} for _ in range(n_gpus)], strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as err:
+        remove_placement_group(group)
+        raise TimeoutError(
+            f"the Ray cluster cannot reserve {n_gpus} GPU(s) for the vLLM engines (resources.rollout.num_actors x "
+            f"rollout.vllm.tensor_parallel_size) within {timeout_s:.0f}s (available: {ray.available_resources()}); "
+            "lower those or free GPUs"
+        ) from err
+    return group
+
+
+def require_vllm() -> None:
+    """ValueError saying how to install vLLM when `import vllm` fails here (rollout.engine=vllm)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            f"rollout.engine=vllm needs the vllm package, which does not import here ({exc}); on a GPU machine "
+            "install the gpu extra: `make install-gpu` (pip install -e '.[gpu]'), or set rollout.engine=hf"
+        ) from None
 
 
 def init_weight_sync(actors: list[Any], *, tensor_parallel_size: int, backend: str = "nccl") -> Any:

@@ -22,7 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from igpo_rlhf.config import DEFAULT_ANSWER_SEPARATOR, prompt_answer_separator
+from igpo_rlhf.config import DEFAULT_ANSWER_SEPARATOR, Config, prompt_answer_separator
+
+
+def run_answer_separator(cfg: Config) -> str:
+    """The separator a run's beliefs use (trainer, `igpo eval --beliefs`)."""
+    return answer_separator(
+        cfg.algorithm.answer_separator, cfg.rollout.system_prompt, cfg.rollout.prompt_template
+    )
 
 
 def answer_separator(configured: str | None, *prompt_texts: str | None) -> str:

@@ -57,3 +57,17 @@ def test_load_causal_lm_reads_the_saved_weights_in_the_asked_dtype(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[name].float(), w.bfloat16().float())
     with pytest.raises(ValueError, match="dtype='fp8'; accepted: float32, bfloat16, float16"):
         load_causal_lm(tmp_path, dtype="fp8")
+
+
+def test_flash_attention_without_flash_attn_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    from igpo_rlhf.models.loading import check_attention, load_causal_lm
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash_attn is installed here")
+    check_attention("sdpa")  # nothing to import
+    with pytest.raises(
+        ValueError, match=r"model.attn_implementation=flash_attention_2 needs the flash_attn package"
+    ):
+        load_causal_lm(tmp_path, attn_implementation="flash_attention_2")  # before the directory is read

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
+from igpo_rlhf.ray import watch
 from igpo_rlhf.ray.group import ActorGroup
 from igpo_rlhf.ray.placement import RolePlacement
 from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
@@ -68,6 +69,7 @@ class HFRollouts:
             },
         )
         self.parallelism = len(self.group)
+        self.timeout_s = cfg.train.timeouts.rollout_s
 
     def ready(self) -> list[ray.ObjectRef]:
         return self.group.call_async("weights_version")
@@ -75,13 +77,16 @@ class HFRollouts:
     def generate(
         self, prompts: list[PromptItem], step: int, sampling: dict[str, Any] | None = None
     ) -> list[Trajectory]:
-        """Each actor rolls out a contiguous chunk; group ids count from the chunk's offset in the step."""
+        """Each actor rolls out a contiguous chunk; group ids count from the chunk's offset in the step.
+        Within train.timeouts.rollout_s, else watch.ActorTimedOut naming the actor (ActorDied if one dies)."""
         chunks = _split(len(prompts), len(self.group))
         refs = [
             actor.generate.remote(prompts[a:b], step, group_offset=a, sampling=sampling)
             for actor, (a, b) in zip(self.group.actors, chunks, strict=False)
         ]
-        return [traj for part in ray.get(refs) for traj in part]
+        doing = f"generate for step {step}" if sampling is None else "generate for validation"
+        parts = watch.get(refs, doing, self.timeout_s, "train.timeouts.rollout_s")
+        return [traj for part in parts for traj in part]
 
     def push_weights(
         self, policy: ActorGroup, state_dict: ray.ObjectRef, version: int
@@ -117,6 +122,7 @@ class VLLMRollouts:
             enable_prefix_caching=v.enable_prefix_caching,
             enforce_eager=v.enforce_eager,
         )
+        watch.register("vllm engine", self.engines)
         self.engine = vllm_engine.VLLMEngine(self.engines, placement_group=group)
         self.tokenizer = tokenizer
         self.protocol = protocol
@@ -160,4 +166,5 @@ class VLLMRollouts:
     def close(self) -> None:
         """Kill the engines and remove their placement group (idempotent)."""
         self.engine.close()
+        watch.forget(self.engines)
         self.engines = []

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from openrlhf.utils.seqlen_balancing import get_seqlen_balanced_partitions
 
+from igpo_rlhf.ray import watch
 from igpo_rlhf.ray.placement import RolePlacement
 
 
@@ -74,7 +75,8 @@ class Dispatched:
 class ActorGroup:
     """The actors of one role, from a plain class (`ray.remote` is applied here). `distributed=True`: the
     class derives from DistributedActor and its constructor takes (world_size, rank, master_addr,
-    master_port) before `init_args`."""
+    master_port) before `init_args`. Its actors are registered with `watch` as `<role> actor <k>`, the name
+    a failure message gives them."""
 
     def __init__(
         self,
@@ -92,7 +94,9 @@ class ActorGroup:
         self.actors: list[Any] = []
         if distributed:
             master = remote_cls.options(**placement.options(0)).remote(n, 0, None, None, *init_args, **kwargs)
-            addr, port = ray.get(master.master_address.remote())
+            watch.register(self.role, [master])
+            with watch.naming("start-up"):
+                addr, port = ray.get(master.master_address.remote())
             self.actors = [master] + [
                 remote_cls.options(**placement.options(k)).remote(n, k, addr, port, *init_args, **kwargs)
                 for k in range(1, n)
@@ -101,6 +105,7 @@ class ActorGroup:
             self.actors = [
                 remote_cls.options(**placement.options(k)).remote(*init_args, **kwargs) for k in range(n)
             ]
+        watch.register(self.role, self.actors)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -143,4 +148,5 @@ class ActorGroup:
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+        watch.forget(self.actors)
         self.actors = []

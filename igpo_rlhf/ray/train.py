@@ -7,9 +7,21 @@ subprocess started here with `search.proxy` settings (its log in run_dir/search_
 Validation: with `eval.every_n_steps` > 0 and `data.eval` set, a fixed subset of `eval.subset_size` held-out
 questions is evaluated at step 0, every N steps and at the end (`eval/...` metrics, checkpoints/best).
 
-Exit codes: 0 done; 2 a bad config, dataset row, model path or command line, or a run directory that
-does not fit the flags (message on stderr, no traceback); 3 the run collapsed and train.on_collapse
-stopped it (message on stderr; the checkpoints are kept); 1 anything else (traceback).
+Before Ray starts, the search backend (search.url, or the proxy started here) must answer GET /healthz and
+one query (search.failures.check_timeout_s each). During training a batch whose searches failed past
+search.failures is not trained on; the trainer waits for the backend (search.failures.recovery_timeout_s).
+Every wait on an actor has a deadline (train.timeouts).
+
+Exit codes (a message on stderr, no traceback, for every code but 1; checkpoints are always kept):
+  0  done
+  1  anything else (traceback)
+  2  bad input: config, dataset row, model path, command line, a run directory that does not fit the flags,
+     or a search backend that fails its check at start-up (the URL and what failed are named)
+  3  the run collapsed and train.on_collapse stopped it
+  4  the search backend kept failing during training and did not recover in time; the last step trained
+     is checkpointed: rerun with --resume once the backend is back
+  5  an actor died (killed, out of memory, crashed); its role, index and what it was doing are named
+  6  an actor call did not finish within its train.timeouts limit; the actor and the call are named
 """
 
 from __future__ import annotations
@@ -147,8 +159,10 @@ def validation_prompts(cfg: Config) -> list[PromptItem]:
 
 
 def train(cfg: Config, inputs: RunInputs, *, resume: bool = False) -> list[dict[str, float]]:
-    """Start the proxy (unless `search.url`) and Ray (unless running), train; the metrics of the steps run."""
+    """Start the proxy (unless `search.url`), check the search backend (SearchUnavailable), start Ray (unless
+    running), train; the metrics of the steps run."""
     from igpo_rlhf.ray.trainer import Trainer
+    from igpo_rlhf.rollout.searcher import SearchUnavailable, check_search
 
     run_dir = Path(cfg.logging.run_dir)
     proxy: Any = None
@@ -160,6 +174,14 @@ def train(cfg: Config, inputs: RunInputs, *, resume: bool = False) -> list[dict[
             run_dir.mkdir(parents=True, exist_ok=True)
             proxy, cfg = start_run_proxy(cfg, log_file=run_dir / "search_proxy.log")
             url = proxy.url
+        try:  # before Ray and any actor: a dead backend is an error now, not hours of error observations
+            check_search(url, cfg.search)
+        except SearchUnavailable as exc:
+            if proxy is None:
+                raise
+            raise SearchUnavailable(
+                f"{exc} (the proxy started from search.proxy; its log: {proxy.log_file})"
+            ) from None
         started_ray = start_ray(cfg)
         trainer = Trainer(cfg, inputs.prompts, url, resume=resume, eval_prompts=inputs.eval_prompts)
         return trainer.run()
@@ -203,17 +225,38 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"igpo train: {exc}", file=sys.stderr)
         return 2
-    from igpo_rlhf.ray.trainer import TrainingCollapsed
+    from igpo_rlhf.ray.trainer import SearchBackendDown, TrainingCollapsed
+    from igpo_rlhf.ray.watch import ActorDied, ActorTimedOut
+    from igpo_rlhf.rollout.searcher import SearchUnavailable
 
     try:
         train(cfg, inputs, resume=args.resume)
     except ConfigError as exc:  # found once the run directory is read (existing checkpoints, resume mismatch)
         print(f"igpo train: {exc}", file=sys.stderr)
         return 2
+    except SearchUnavailable as exc:
+        print(f"igpo train: {exc}. Ray and the actors were not started", file=sys.stderr)
+        return 2
     except TrainingCollapsed as exc:
         print(f"igpo train: {exc}", file=sys.stderr)
         return 3
+    except SearchBackendDown as exc:
+        print(f"igpo train: {exc}", file=sys.stderr)
+        return 4
+    except (ActorDied, ActorTimedOut) as exc:
+        print(f"igpo train: {exc}. The run stopped; {_last_checkpoint(cfg)}", file=sys.stderr)
+        return 5 if isinstance(exc, ActorDied) else 6
     return 0
+
+
+def _last_checkpoint(cfg: Config) -> str:
+    """Where a stopped run can continue from, in words."""
+    from igpo_rlhf.training.checkpoint import CheckpointManager
+
+    latest = CheckpointManager(cfg.logging.run_dir, keep_last=1).latest()
+    if latest is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint is {latest[1]} (step {latest[0]}): rerun with --resume to continue from it"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@
           → policy (and critic) update → θ_old pushed to rollout and scorer actors
           → metrics, rollouts JSONL, checkpoint
 
+A batch whose searches failed past `search.failures` is not trained on: the trainer waits for the backend
+(checked as at start-up) and rolls the same prompts out again, or stops with a checkpoint (SearchBackendDown).
+Every wait on an actor has a deadline (`train.timeouts`); a dead or stuck actor stops the run with its role
+named (igpo_rlhf.ray.watch: ActorDied, ActorTimedOut). Each is recorded in run_dir/events.jsonl.
+
 `train_step` reads top to bottom; the math lives in igpo_rlhf.algo (wired by igpo_rlhf.training.experience),
 and this module only moves typed records between actors, times each phase and keeps the run resumable.
 """
@@ -19,13 +24,14 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from igpo_rlhf.config import Config, ConfigError, dump_config
 from igpo_rlhf.data.datasets import PromptSampler
 from igpo_rlhf.models.loading import load_tokenizer
+from igpo_rlhf.ray import watch
 from igpo_rlhf.ray.critic import CriticActor, forward_count
 from igpo_rlhf.ray.generators import HFRollouts, Rollouts, VLLMRollouts
 from igpo_rlhf.ray.group import ActorGroup, Dispatched
@@ -35,6 +41,7 @@ from igpo_rlhf.ray.reference import ReferenceActor
 from igpo_rlhf.ray.scorer import BeliefScorerActor
 from igpo_rlhf.ray.weight_sync import check_same_parameters, scorer_transport
 from igpo_rlhf.rollout.protocols import make_protocol
+from igpo_rlhf.rollout.searcher import check_search
 from igpo_rlhf.rollout.vllm_engine import require_vllm
 from igpo_rlhf.scoring.probe import alias_token_ids, probe_token_ids, run_answer_separator
 from igpo_rlhf.training.batch import Experience, grad_accum_steps, per_rank_minibatch_size, split_for_update
@@ -55,10 +62,11 @@ from igpo_rlhf.training.experience import (
     make_experiences,
     score_outcomes,
 )
-from igpo_rlhf.training.metrics import MetricsLogger, step_metrics
+from igpo_rlhf.training.metrics import MetricsLogger, append_event, step_metrics
+from igpo_rlhf.training.search_guard import SearchGuard, SearchVerdict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from igpo_rlhf.rollout.trajectory import PromptItem, Trajectory
 
@@ -81,6 +89,7 @@ class Trainer:
         eval_prompts: list[PromptItem] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.search_url = search_url
         self.run_dir = Path(cfg.logging.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.estimator = cfg.algorithm.estimator
@@ -94,6 +103,8 @@ class Trainer:
         self.eval_prompts = list(eval_prompts or [])
         self.best: dict[str, float] | None = None  # {"step", "eval/f1", ...} of checkpoints/best
         self.collapse = CollapseWatch(cfg.train.collapse)
+        self.search_guard = SearchGuard(cfg.search.failures)
+        self._step_start: tuple[dict, dict] | None = None  # sampler and RNG states before the step's batch
         self.lr_scale = 1.0  # lowered by collapse rollbacks
         self.rollbacks = 0
         # checkpoints known good: a step's metrics describe the policy it started from, so the checkpoint of
@@ -109,7 +120,9 @@ class Trainer:
             self._build_actors(search_url)
             if resume:
                 self._resume()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, watch.ActorFailed):
+                self._record_actor_failure(exc)
             self.close()
             raise
         (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
@@ -169,22 +182,31 @@ class Trainer:
         else:
             self.rollouts = VLLMRollouts(cfg, search_url, self.tokenizer, self.protocol)
         pending += self.rollouts.ready()
-        ray.get(pending)
+        self._wait(pending, "start-up (model loads, DeepSpeed init)", "start_s")
         if self._scorer_transport == "nccl":
             self._join_scorer_weight_group()
+
+    def _wait(self, refs: list[ray.ObjectRef], doing: str, timeout: str = "call_s") -> list[Any]:
+        """The results of `refs` within train.timeouts.<timeout>; ActorDied / ActorTimedOut name the actor."""
+        seconds = getattr(self.cfg.train.timeouts, timeout)
+        return watch.get(refs, doing, seconds, f"train.timeouts.{timeout}")
 
     def _join_scorer_weight_group(self) -> None:
         """GPU runs: the NCCL group of the policy's rank 0 and the scorers (weight_sync.py), made once; the
         parameters rank 0 sends are checked against each scorer's."""
-        address, port = ray.get(self.policy.actors[0].weight_group_address.remote())
+        doing = "weight group set-up (policy rank 0 and the scorers)"
+        [(address, port)] = self._wait(
+            [self.policy.actors[0].weight_group_address.remote()], doing, "start_s"
+        )
         world = len(self.scorer) + 1
         sent = self.policy.call_async("join_scorer_group", address, port, world, "nccl")
         received = [
             a.join_weight_group.remote(address, port, k + 1, world, "nccl")
             for k, a in enumerate(self.scorer.actors)
         ]
-        specs = ray.get(sent)[0]
-        for k, spec in enumerate(ray.get(received)):
+        joined = self._wait(sent + received, doing, "start_s")  # one collective: wait for all together
+        specs = joined[0]
+        for k, spec in enumerate(joined[len(sent) :]):
             check_same_parameters(specs, spec, f"scorer actor {k}")
 
     def _grad_accum(self, world_size: int) -> int:
@@ -207,7 +229,7 @@ class Trainer:
         refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
         if self.critic is not None:
             refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
-        ray.get(refs)
+        self._wait(refs, f"checkpoint load from {directory}", "start_s")
         self._restore(state)
         self._sync_weights(version=step)
         print(f"resumed from {directory} (step {step})", flush=True)
@@ -222,6 +244,8 @@ class Trainer:
         self.rollbacks = state.get("rollbacks", 0)
         if "collapse" in state:
             self.collapse.load_state_dict(state["collapse"])
+        if "search_guard" in state:
+            self.search_guard.load_state_dict(state["search_guard"])
         self._set_lr_scale(state.get("lr_scale", 1.0))
 
     def _set_lr_scale(self, scale: float) -> None:
@@ -230,7 +254,7 @@ class Trainer:
         refs = self.policy.call_async("set_base_lr", self.cfg.train.lr * scale)
         if self.critic is not None:
             refs += self.critic.call_async("set_base_lr", self.cfg.train.critic_lr * scale)
-        ray.get(refs)
+        self._wait(refs, "learning-rate change")
 
     # ---------------------------------------------------------------------------------------- loop
     def run(self) -> list[dict[str, float]]:
@@ -238,7 +262,8 @@ class Trainer:
 
         Validation (when `eval_prompts` were given) runs before the first step of a fresh run (logged as step
         0), every `eval.every_n_steps` steps and after the last. A collapse (train.collapse) stops the run
-        with `TrainingCollapsed`, or rolls it back to the last good checkpoint (train.on_collapse)."""
+        with `TrainingCollapsed`, or rolls it back to the last good checkpoint (train.on_collapse); a search
+        backend that does not recover with `SearchBackendDown`; a dead or stuck actor with watch.ActorFailed."""
         cfg = self.cfg
         logger = MetricsLogger(
             self.run_dir,
@@ -270,9 +295,19 @@ class Trainer:
                     back_to = self._on_collapse(step, reason)  # raises TrainingCollapsed to stop
                     logger.rewind(back_to, {"event": "rollback", "step": step, "to_step": back_to,
                                             "reason": reason, "lr_scale": self.lr_scale})  # fmt: skip
+        except watch.ActorFailed as exc:
+            self._record_actor_failure(exc)
+            raise
         finally:
             logger.close()
         return history
+
+    def _record_actor_failure(self, exc: watch.ActorFailed) -> None:
+        kind = "actor_timeout" if isinstance(exc, watch.ActorTimedOut) else "actor_died"
+        append_event(
+            self.run_dir,
+            {"event": kind, "step": self.step, "actors": exc.actors, "doing": exc.doing, "error": str(exc)},
+        )
 
     def _validation_due(self, step: int) -> bool:
         every = self.cfg.eval.every_n_steps
@@ -308,7 +343,7 @@ class Trainer:
         refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
         if self.critic is not None:
             refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
-        ray.get(refs)
+        self._wait(refs, f"checkpoint load from {directory}", "start_s")
         rollbacks, good_steps = self.rollbacks, self.good_steps
         self._restore(load_trainer_state(directory))
         self.rollbacks = rollbacks
@@ -339,11 +374,16 @@ class Trainer:
 
         t0 = time.perf_counter()
         # a fixed sampling seed for every validation (greedy ignores it): seeds derive from (seed, "step", offset)
-        trajectories = self.rollouts.generate(
-            self.eval_prompts, _EVAL_SEED_STEP + self.cfg.eval.seed, sampling=eval_sampling(self.cfg.eval)
+        trajectories, verdict = self._rollout(
+            lambda: self.rollouts.generate(
+                self.eval_prompts, _EVAL_SEED_STEP + self.cfg.eval.seed, sampling=eval_sampling(self.cfg.eval)
+            ),
+            step,
+            validation=True,
         )
         rows = score_rows(trajectories)
         metrics = aggregate(rows).metrics("eval")
+        metrics["eval/search_error_rate"] = verdict.rate
         if self.cfg.logging.save_rollouts:
             self._write_rows(self.run_dir / "eval_rollouts" / f"step_{step:05d}.jsonl", trajectories, rows)
         if self.best is None or metrics["eval/f1"] > self.best["eval/f1"]:
@@ -357,7 +397,9 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        ray.get(self.policy.call_async("export_hf", str(tmp), self.cfg.model.path))
+        self._wait(
+            self.policy.call_async("export_hf", str(tmp), self.cfg.model.path), f"best export at step {step}"
+        )
         self.best = {"step": step, **{k: v for k, v in metrics.items() if k in ("eval/f1", "eval/em")}}
         (tmp / "best.json").write_text(json.dumps(self.best, indent=2) + "\n", encoding="utf-8")
         if final.exists():
@@ -369,10 +411,16 @@ class Trainer:
         algo = self.cfg.algorithm
         times: dict[str, float] = {}
         t_step = time.perf_counter()
+        self._step_start = (self.sampler.state_dict(), capture_rng())
         prompts = self.sampler.next_batch()
-        with _timed(times, "rollout"):
-            trajectories = self.rollouts.generate(prompts, step)
-        scores = self._score(trajectories, times)  # θ_old log-probs, beliefs; π_ref log-probs; values
+
+        def generate() -> list[Trajectory]:
+            with _timed(times, "rollout"):  # the batch used: a rejected one is rolled out again
+                return self.rollouts.generate(prompts, step)
+
+        trajectories, verdict = self._rollout(generate, step)  # searches failed past search.failures: again
+        skipped, waited = self.search_guard.accept(verdict)
+        scores = self._score(trajectories, times, step)  # θ_old log-probs, beliefs; π_ref log-probs; values
         outcomes = score_outcomes(trajectories, algo)  # r_{i,T_i}: F1 / EM / format penalty
         credit = assign_credit(trajectories, outcomes, scores, algo)  # r_{i,t}, Â_{i,t}, per-token Â
         experiences = make_experiences(trajectories, scores, credit)
@@ -389,8 +437,97 @@ class Trainer:
         metrics["time/generate"] = sum(t.generate_seconds for t in trajectories) / parallel
         metrics["time/search"] = sum(t.search_seconds for t in trajectories) / parallel
         metrics.update({f"time/{k}": v for k, v in times.items()})
-        metrics["time/step"] = time.perf_counter() - t_step
+        metrics["rollout/search_error_rate"] = verdict.rate
+        metrics["search/window_error_rate"] = verdict.window_rate
+        metrics["search/skipped_batches"] = float(skipped)
+        metrics["search/wait_s"] = waited
+        metrics["time/step"] = time.perf_counter() - t_step - waited
         return metrics
+
+    # ------------------------------------------------------------------------------- search failures
+    def _rollout(
+        self, generate: Callable[[], list[Trajectory]], step: int, *, validation: bool = False
+    ) -> tuple[list[Trajectory], SearchVerdict]:
+        """`generate()`'s rollouts once their searches pass the search guard (search.failures); a rejected
+        batch (same prompts, same seeds) is rolled out again once the backend answers its check. Raises
+        SearchBackendDown, with a checkpoint saved, when the backend does not recover in time."""
+        while True:
+            with watch.naming("generate for validation" if validation else f"generate for step {step}"):
+                trajectories = generate()  # (the vllm engines are waited on inside the agent loop)
+            verdict = self.search_guard.judge(trajectories, windowed=not validation)
+            if verdict.reason is None:
+                return trajectories, verdict
+            self._await_search(step, verdict, validation=validation)
+
+    def _await_search(self, step: int, verdict: SearchVerdict, *, validation: bool) -> None:
+        """Record a rejected batch, then wait for the backend; returns once it recovered, else stops."""
+        url, guard = self.search_url, self.search_guard
+        what = "the validation rollouts" if validation else "the batch"
+        guard.reject()
+        append_event(
+            self.run_dir,
+            {
+                "event": "search_batch_rejected",
+                "step": step,
+                "what": what,
+                "errors": verdict.errors,
+                "searches": verdict.searches,
+                "window_error_rate": verdict.window_rate,
+                "reason": verdict.reason,
+            },
+        )
+        print(
+            f"step {step}: {what} is not used: {verdict.reason}; waiting for the search backend at {url}",
+            flush=True,
+        )
+        recovery = guard.wait_for_backend(
+            lambda: check_search(url, self.cfg.search),
+            lambda line: print(f"step {step}: {line}", flush=True),
+            reason=verdict.reason or "",
+        )
+        if recovery.recovered:
+            append_event(
+                self.run_dir, {"event": "search_recovered", "step": step, "waited_s": recovery.waited_s}
+            )
+            print(
+                f"step {step}: the search backend at {url} answers again after {recovery.waited_s:.0f} s; "
+                f"rolling {what} out again",
+                flush=True,
+            )
+            return
+        checkpoint = self._checkpoint_for_stop(in_step=not validation)
+        append_event(
+            self.run_dir,
+            {
+                "event": "search_down",
+                "step": step,
+                "error": recovery.error,
+                "checkpoint": str(checkpoint) if checkpoint else None,
+            },
+        )
+        kept = (
+            f"checkpoint {checkpoint} (step {self.step}) holds the run: rerun with --resume once the backend is back"
+            if checkpoint is not None
+            else "no step was trained yet: rerun once the backend is back"
+        )
+        raise SearchBackendDown(
+            f"the search backend at {url} did not recover within search.failures.recovery_timeout_s="
+            f"{self.cfg.search.failures.recovery_timeout_s:g} s of the first batch it failed (at step {step}); "
+            f"last: {recovery.error}. Stopped; no step was trained on a failed batch; {kept}"
+        )
+
+    def _checkpoint_for_stop(self, *, in_step: bool) -> Path | None:
+        """The checkpoint of the last step trained (saved now unless it exists); None before step 1. Inside a
+        step, the sampler and RNG go back to before its batch, so --resume rolls out the same prompts."""
+        if in_step and self._step_start is not None:
+            self.sampler.load_state_dict(self._step_start[0])
+            restore_rng(self._step_start[1])
+        if self.step == 0:
+            return None
+        latest = self.checkpoints.latest()
+        if latest is not None and latest[0] == self.step:
+            return latest[1]
+        return self.save_checkpoint()
 
     # ------------------------------------------------------------------------------------- phases
     def _answers(self, traj: Trajectory) -> list[list[int]]:
@@ -401,7 +538,7 @@ class Trainer:
             )
         return self._alias_cache[key]
 
-    def _score(self, trajectories: list[Trajectory], times: dict[str, float]) -> Scores:
+    def _score(self, trajectories: list[Trajectory], times: dict[str, float], step: int) -> Scores:
         """Scorer (beliefs + old log-probs), reference (ref log-probs) and critic (values), concurrently.
         Each time/<role> is the wall time from the common start to that role's last result."""
         n = len(trajectories)
@@ -430,18 +567,20 @@ class Trainer:
             )
         if self.critic is not None:
             jobs["critic"] = self._critic_values(sequences)
-        _wait_timed(jobs, t0, times)
+        doing = f"scoring for step {step}"
+        _wait_timed(jobs, t0, times, doing, self.cfg.train.timeouts.call_s)
 
-        # each scorer returns a ScoreResult for its share: (beliefs, token log-probs) per trajectory
-        scored = scoring.gather(
-            n, lambda result: list(zip(result.beliefs, result.token_log_probs, strict=True))
-        )
-        return Scores(
-            old_log_probs=[log_probs for _, log_probs in scored],
-            beliefs=[beliefs for beliefs, _ in scored] if igpo else None,
-            ref_log_probs=jobs["reference"].gather(n) if "reference" in jobs else None,
-            values=jobs["critic"].gather(n) if "critic" in jobs else None,
-        )
+        with watch.naming(doing):
+            # each scorer returns a ScoreResult for its share: (beliefs, token log-probs) per trajectory
+            scored = scoring.gather(
+                n, lambda result: list(zip(result.beliefs, result.token_log_probs, strict=True))
+            )
+            return Scores(
+                old_log_probs=[log_probs for _, log_probs in scored],
+                beliefs=[beliefs for beliefs, _ in scored] if igpo else None,
+                ref_log_probs=jobs["reference"].gather(n) if "reference" in jobs else None,
+                values=jobs["critic"].gather(n) if "critic" in jobs else None,
+            )
 
     def _critic_values(self, sequences: list[list[int]]) -> Dispatched:
         """Values of every sequence from the critic ranks. Every rank runs as many forward passes as the
@@ -467,9 +606,10 @@ class Trainer:
         if self.critic is not None:
             critic_plan = split_for_update(experiences, world_size=len(self.critic), **split)
             critic_refs = [a.update.remote(p) for a, p in zip(self.critic.actors, critic_plan, strict=True)]
-        out = {f"policy/{k}": v for k, v in _merge_rank_stats(ray.get(policy_refs)).items()}
+        stats = self._wait(policy_refs + critic_refs, f"update for step {step}")
+        out = {f"policy/{k}": v for k, v in _merge_rank_stats(stats[: len(policy_refs)]).items()}
         if critic_refs:
-            out.update({f"critic/{k}": v for k, v in _merge_rank_stats(ray.get(critic_refs)).items()})
+            out.update({f"critic/{k}": v for k, v in _merge_rank_stats(stats[len(policy_refs) :]).items()})
         return out
 
     def _sync_weights(self, version: int) -> None:
@@ -488,7 +628,7 @@ class Trainer:
             waits += [a.receive_weights.remote(version) for a in self.scorer.actors]
         else:
             waits += [a.update_weights.remote(state_dict, version) for a in self.scorer.actors]
-        ray.get(waits)
+        self._wait(waits, f"weight sync to version {version}")
 
     # -------------------------------------------------------------------------------- persistence
     def save_checkpoint(self) -> Path:
@@ -497,7 +637,7 @@ class Trainer:
         refs = self.policy.call_async("save_checkpoint", str(tmp / "policy"))
         if self.critic is not None:
             refs += self.critic.call_async("save_checkpoint", str(tmp / "critic"))
-        ray.get(refs)
+        self._wait(refs, f"checkpoint save at step {self.step}")
         save_trainer_state(
             tmp,
             {
@@ -511,6 +651,7 @@ class Trainer:
                 "lr_scale": self.lr_scale,
                 "rollbacks": self.rollbacks,
                 "good_steps": sorted(self.good_steps),
+                "search_guard": self.search_guard.state_dict(),
             },
         )
         (tmp / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
@@ -570,6 +711,11 @@ class TrainingCollapsed(RuntimeError):
     """The run collapsed (train.collapse) and train.on_collapse says stop (or no rollback is left)."""
 
 
+class SearchBackendDown(RuntimeError):
+    """Searches kept failing past search.failures and the backend did not recover within
+    search.failures.recovery_timeout_s; the last step trained is checkpointed (--resume continues)."""
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     """Rows as JSON lines, written to a temporary file and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -586,16 +732,19 @@ def _timed(times: dict[str, float], name: str) -> Iterator[None]:
     times[name] = time.perf_counter() - t0
 
 
-def _wait_timed(jobs: dict[str, Dispatched], t0: float, times: dict[str, float]) -> None:
-    """Wait for every job; times[name] = seconds from t0 until that job's last actor finished."""
-    waiting = {name: list(job.refs) for name, job in jobs.items()}
-    while waiting:
-        ready, _ = ray.wait([r for refs in waiting.values() for r in refs], num_returns=1)
-        for name in list(waiting):
-            waiting[name] = [r for r in waiting[name] if r not in ready]
-            if not waiting[name]:
-                del waiting[name]
-                times[name] = time.perf_counter() - t0
+def _wait_timed(
+    jobs: dict[str, Dispatched], t0: float, times: dict[str, float], doing: str, timeout_s: float
+) -> None:
+    """Wait for every job, within train.timeouts.call_s (`timeout_s`); times[name] = seconds from t0 until
+    that job's last actor finished."""
+    owner = {ref: name for name, job in jobs.items() for ref in job.refs}
+    left = {name: len(job.refs) for name, job in jobs.items()}
+    for name in [name for name, n in left.items() if n == 0]:
+        times[name] = time.perf_counter() - t0
+    for ref in watch.wait(list(owner), doing, timeout_s, "train.timeouts.call_s"):
+        left[owner[ref]] -= 1
+        if left[owner[ref]] == 0:
+            times[owner[ref]] = time.perf_counter() - t0
 
 
 def _merge_rank_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:

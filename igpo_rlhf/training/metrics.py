@@ -52,6 +52,12 @@ def console_line(step: int, total: int, m: dict[str, float]) -> str:
         fmt([("rollout/turns", "turns", "{:.2f}"), ("rollout/searches", "searches", "{:.2f}"),
              ("rollout/response_tokens", "resp-tok", "{:.0f}"), ("rollout/observation_tokens", "obs-tok", "{:.0f}")])
     )  # fmt: skip
+    if has("rollout/search_error_rate") and m["rollout/search_error_rate"] > 0:
+        parts.append(f"search-err {m['rollout/search_error_rate']:.0%}")
+    if has("search/skipped_batches") and m["search/skipped_batches"] > 0:
+        parts.append(
+            f"skipped {m['search/skipped_batches']:.0f} batch(es), waited {m.get('search/wait_s', 0):.0f}s"
+        )
     parts.append(
         fmt([("policy/kl", "kl", "{:.2e}"), ("policy/entropy", "ent", "{:.2f}"), ("policy/clip_frac", "clip", "{:.3f}"),
              ("critic/value_loss", "v-loss", "{:.3f}")])
@@ -137,8 +143,7 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.n = step
             self._bar.refresh()
-        with open(self.run_dir / "events.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
+        append_event(self.run_dir, event)
 
     def log(self, step: int, metrics: dict[str, float]) -> str:
         """Record step `step`; returns the console line (also printed)."""
@@ -170,6 +175,15 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def append_event(run_dir: str | Path, event: dict[str, Any]) -> None:
+    """One JSON object (with an "event" key) appended to run_dir/events.jsonl: rollbacks, batches not
+    trained on because their searches failed, the backend's recovery, a stop and why."""
+    if "event" not in event:
+        raise ValueError(f"an event needs an 'event' key naming it; got keys {sorted(event)}")
+    with open(Path(run_dir) / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
 
 
 def _plain(value: Any) -> Any:

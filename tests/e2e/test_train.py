@@ -401,12 +401,14 @@ def test_killed_run_resumes_step_for_step(igpo, tiny, proxy, local_ray, tmp_path
 # -------------------------------------------------------------------------------------- GRPO, PPO
 def test_grpo_two_steps_and_a_proxy_that_dies_between_them(tiny, local_ray, tmp_path):
     """GRPO for two steps against its own proxy, which is killed after step 1: step 2's searches get error
-    observations and the step still trains. Advantages are the group-normalised outcome on every turn.
-    Policy and scorer run colocated (resources.colocate)."""
+    observations and, with the search guard switched off (search.failures rates 1), the step still trains
+    (tests/e2e/test_failures.py: with the default guard it is not trained on). Advantages are the
+    group-normalised outcome on every turn. Policy and scorer run colocated (resources.colocate)."""
     world_dir, _ = tiny
     # colocated: policy and scorer share one placement group (bundle 0 holds both)
     cfg = e2e_config(tiny, tmp_path / "grpo", "algorithm.estimator=grpo", "algorithm.kl_coef=0",
-                     "search.retries=0", "resources.colocate=true")  # fmt: skip
+                     "search.retries=0", "resources.colocate=true", "search.failures.max_error_rate=1",
+                     "search.failures.max_window_error_rate=1")  # fmt: skip
     settings = load_config(None, [f"search.proxy.corpus={world_dir / 'corpus.jsonl'}", 'search.proxy.cache.mode="off"',
                                   f"search.proxy.cache.dir={tmp_path / 'cache'}"]).search.proxy  # fmt: skip
     own_proxy = start_proxy(settings, port=0)

@@ -3,10 +3,11 @@
 import json
 import math
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from igpo_rlhf.config import LoggingConfig
-from igpo_rlhf.training.metrics import MetricsLogger, console_line
+from igpo_rlhf.training.metrics import MetricsLogger, append_event, console_line
 
 M1 = {"reward/outcome": 0.25, "reward/f1": 0.5, "ig/mean": 0.0123, "ig/std": 0.02, "ig/positive_frac": 0.6,
       "rollout/turns": 2.5, "policy/kl": float("nan"), "time/rollout": 1.5, "time/step": 3.0}  # fmt: skip
@@ -47,3 +48,34 @@ def test_resume_drops_lines_after_the_checkpoint(tmp_path):
 def test_console_line_skips_missing_metrics():
     assert console_line(1, 2, {"time/step": 1.0}) == "step 1/2 | 1.0s ()"
     assert "IG" not in console_line(1, 2, {"reward/outcome": -2.0, "ig/mean": math.nan})
+
+
+def test_console_line_shows_search_errors_and_skipped_batches_when_there_are_some():
+    clean = {
+        "time/step": 1.0,
+        "rollout/search_error_rate": 0.0,
+        "search/skipped_batches": 0.0,
+        "search/wait_s": 0.0,
+    }
+    assert console_line(1, 2, clean) == "step 1/2 | 1.0s ()"
+    failing = {
+        **clean,
+        "rollout/search_error_rate": 0.25,
+        "search/skipped_batches": 2.0,
+        "search/wait_s": 35.2,
+    }
+    assert (
+        console_line(1, 2, failing) == "step 1/2 | search-err 25% | skipped 2 batch(es), waited 35s | 1.0s ()"
+    )
+
+
+def test_events_are_json_lines_named_by_their_event_key(tmp_path):
+    append_event(tmp_path, {"event": "search_recovered", "step": 3, "waited_s": 1.5})
+    append_event(tmp_path, {"event": "search_down", "step": 3, "error": "x", "rate": math.nan})
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"event": "search_recovered", "step": 3, "waited_s": 1.5},
+        {"event": "search_down", "step": 3, "error": "x", "rate": None},
+    ]
+    with pytest.raises(ValueError, match="an event needs an 'event' key naming it; got keys \\['step'\\]"):
+        append_event(tmp_path, {"step": 3})

@@ -31,12 +31,15 @@ CONFIG ?= configs/demo.yaml
 GPUS ?=
 SHARED ?= ../shared
 
-.PHONY: help install browser real-model test lint format demo train search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer clean
+.PHONY: help install install-gpu browser real-model test lint format demo train plan search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer gpu-check clean
 
 help:
 	@echo "make demo          IGPO training on CPU with the built-in world (DATA=wiki: the shipped data; RUN_DIR=...)"
 	@echo "make test          install into .venv and run the whole suite (ruff + pytest)"
-	@echo "make train CONFIG=... [GPUS=N] train on this machine (Ray started locally)"
+	@echo "make train CONFIG=... [GPUS=N] train on this machine (Ray started locally; engine vllm: installs the gpu extra)"
+	@echo "make plan CONFIG=... [GPU_MEMORY_GB=80]  per-GPU memory of every role (igpo plan); exit 2 if it cannot fit"
+	@echo "make install-gpu   the gpu extra (vLLM) into .venv, on a GPU machine"
+	@echo "make gpu-check     bench/gpu_check.sh: scorer, DeepSpeed, a training step and vLLM on one GPU"
 	@echo "make search-proxy  serve the search proxy (SEARCH_CONFIG=configs/search/bm25_wiki.yaml)"
 	@echo "make bench-*       benchmarks in bench/ (see bench/RESULTS.md; BENCH_ARGS=... passes flags)"
 	@echo "make view RUN_DIR=runs/demo  browse a run (or an eval directory) at http://127.0.0.1:8000/"
@@ -56,6 +59,16 @@ $(STAMP): setup.py Makefile | $(VENV)/bin/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# make install-gpu: vLLM (the gpu extra) on a GPU machine: CUDA 13 wheels, about 1.4 GB; an NVIDIA driver >= 580.
+GPU_STAMP := $(VENV)/.installed-gpu
+$(GPU_STAMP): setup.py | $(STAMP)
+	$(PIP) install -q -e '.[gpu]'
+	# the gpu extra may move packages the --no-deps openrlhf shares with it: reinstall it the same way
+	$(PIP) install -q --no-deps $(OPENRLHF_PIN)
+	touch $(GPU_STAMP)
+
+install-gpu: $(GPU_STAMP)
 
 # The viewer's browser tests (tests/viewer, marker `browser`) drive Debian's headless Chromium through its
 # chromedriver; installed here when missing (as root, or through sudo). Nothing else downloads a browser.
@@ -117,8 +130,20 @@ demo: $(STAMP) $(DEMO_MODEL)
 
 # make train CONFIG=configs/... [GPUS=N] [TRAIN_ARGS=--resume]: train on this machine with a local Ray that
 # may use N GPUs (GPUS=0: CPU only; unset: every GPU Ray detects). On a cluster: ray job submit (ray_jobs/).
+# A config with rollout.engine: vllm gets the gpu extra first (make install-gpu).
 train: $(STAMP)
+	@engine=$$($(PY) -c "from igpo_rlhf.config import load_config; print(load_config('$(CONFIG)').rollout.engine)") && \
+	if [ "$$engine" = vllm ]; then $(MAKE) --no-print-directory install-gpu; fi
 	$(PY) -m igpo_rlhf.cli train -c $(CONFIG) $(if $(GPUS),--set resources.num_gpus=$(GPUS)) $(TRAIN_ARGS)
+
+# make plan CONFIG=... [GPU_MEMORY_GB=80]: igpo plan, the estimate of every role's GPU memory.
+GPU_MEMORY_GB ?=
+plan: $(STAMP)
+	$(PY) -m igpo_rlhf.cli plan -c $(CONFIG) $(if $(GPU_MEMORY_GB),--gpu-memory-gb $(GPU_MEMORY_GB)) $(TRAIN_ARGS)
+
+# make gpu-check: bench/gpu_check.sh on this machine's first GPU (its header: how to prepare an offline box).
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh $(BENCH_ARGS)
 
 # Benchmarks: each prints ratios measured side by side in one run; results go to bench/RESULTS.md.
 bench-scorer: $(STAMP)

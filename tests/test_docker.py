@@ -101,3 +101,18 @@ def test_training_image_uses_the_pins_of_setup_and_makefile() -> None:
     assert f'"torch=={pins["torch"]}"' in setup
     assert f"openrlhf=={pins['openrlhf']}" in makefile
     assert "'.[gpu]'" in (DOCKER / "Dockerfile.train").read_text()
+
+
+def test_training_image_builds_nothing_from_source_and_its_context_is_lean() -> None:
+    text = (DOCKER / "Dockerfile.train").read_text()
+    assert "flash" not in _pinned_packages(DOCKER / "Dockerfile.train") and "--no-build-isolation" not in text
+    assert "PIP_ONLY_BINARY=vllm,torch" in text and "DS_BUILD_OPS=0" in text
+    assert re.search(r"driver >= 580", text)  # what the CUDA 13 base needs on the host
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
+    assert {".venv/", "runs/", ".git/", ".cache/"} <= ignored
+    setup = (ROOT / "setup.py").read_text()
+    assert '"vllm==0.32.0"' in setup and 'FLASH_ATTN = ["flash-attn==2.8.3.post1"]' in setup
+    assert (
+        'GPU = [\n    "vllm==0.32.0",  # built against torch 2.13.0; brings its own attention kernels\n]'
+        in setup
+    )

@@ -121,6 +121,7 @@ class VLLMRollouts:
             gpu_memory_utilization=v.gpu_memory_utilization,
             enable_prefix_caching=v.enable_prefix_caching,
             enforce_eager=v.enforce_eager,
+            gpus=cfg.resources.rollout.num_gpus,
         )
         watch.register("vllm engine", self.engines)
         self.engine = vllm_engine.VLLMEngine(self.engines, placement_group=group)

@@ -177,6 +177,7 @@ class GpuGroup:
     count: int
     members: list[tuple[str, int]]
     bytes: float
+    fraction: float = 1.0  # of each GPU the group reserves (< 1: other fractional roles may share the GPU)
 
 
 @dataclass
@@ -350,32 +351,7 @@ def plan_memory(
         else:
             roles[role] = _scoring_role(cfg, shape, role)
 
-    groups: list[GpuGroup] = []
-    colocated = [
-        r for r in ("policy", "reference", "critic", "scorer") if r in roles and cfg.resources.colocate
-    ]
-    colocated = [r for r in colocated if roles[r].gpus > 0]
-    if colocated:
-        n = roles[colocated[0]].actors
-        groups.append(
-            GpuGroup(
-                "colocated bundle", n, [(r, 1) for r in colocated], sum(roles[r].total for r in colocated)
-            )
-        )
-    for name, r in roles.items():
-        if name in colocated or r.gpus <= 0:
-            continue
-        if name == "rollout" and cfg.rollout.engine == "vllm":
-            gpus = r.actors * cfg.rollout.vllm.tensor_parallel_size
-            share = cfg.rollout.vllm.gpu_memory_utilization * gpu_memory
-            groups.append(GpuGroup("vLLM engine GPU", gpus, [(r.role, 1)], share))
-        elif name in ("policy", "critic") or r.gpus >= 1:
-            groups.append(GpuGroup(f"{name} GPU", r.actors * math.ceil(r.gpus), [(name, 1)], r.total))
-        else:  # fractional: Ray may pack this many actors of the role onto one GPU
-            per_gpu = min(r.actors, math.floor(1 / r.gpus + 1e-9))
-            groups.append(
-                GpuGroup(f"{name} GPU", math.ceil(r.actors / per_gpu), [(name, per_gpu)], per_gpu * r.total)
-            )
+    groups = _gpu_groups(cfg, roles, gpu_memory)
     problems = [_problem(cfg, g, roles, gpu_memory) for g in groups if g.bytes > gpu_memory]
     if "rollout" in roles and cfg.rollout.engine == "vllm" and roles["rollout"].parts["kv_cache"] <= 0:
         problems.append(
@@ -384,6 +360,51 @@ def plan_memory(
             "GPU) and its activations: raise rollout.vllm.gpu_memory_utilization or rollout.vllm.tensor_parallel_size"
         )
     return MemoryPlan(shape, cfg.model.path, cfg.model.dtype, gpu_memory, roles, groups, problems)
+
+
+def _gpu_groups(cfg: Config, roles: dict[str, RoleMemory], gpu_memory: float) -> list[GpuGroup]:
+    """The GPUs of the run as placement.py reserves them: colocated bundles, whole GPUs per rank, fractions
+    that Ray may pack together (roles of one actor keep fractions; see placement.py)."""
+    groups: list[GpuGroup] = []
+    colocated = [
+        r for r in ("policy", "reference", "critic", "scorer") if r in roles and cfg.resources.colocate
+    ]
+    colocated = [r for r in colocated if roles[r].gpus > 0]
+    if colocated:
+        n = roles[colocated[0]].actors
+        fraction = 1.0 if n > 1 else sum(roles[r].gpus for r in colocated)
+        total = sum(roles[r].total for r in colocated)
+        groups.append(GpuGroup("colocated bundle", n, [(r, 1) for r in colocated], total, fraction))
+    for name, r in roles.items():
+        if name in colocated or r.gpus <= 0:
+            continue
+        if name == "rollout" and cfg.rollout.engine == "vllm":
+            v = cfg.rollout.vllm
+            share = v.gpu_memory_utilization * gpu_memory
+            fraction = 1.0 if r.actors > 1 or v.tensor_parallel_size > 1 else min(1.0, r.gpus)
+            groups.append(
+                GpuGroup("vLLM engine GPU", r.actors * v.tensor_parallel_size, [(r.role, 1)], share, fraction)
+            )
+        elif (name in ("policy", "critic") and r.actors > 1) or r.gpus >= 1:
+            groups.append(GpuGroup(f"{name} GPU", r.actors * math.ceil(r.gpus), [(r.role, 1)], r.total))
+        else:  # fractional: Ray may pack this many actors of the role onto one GPU
+            per_gpu = min(r.actors, math.floor(1 / r.gpus + 1e-9))
+            count = math.ceil(r.actors / per_gpu)
+            groups.append(
+                GpuGroup(f"{name} GPU", count, [(r.role, per_gpu)], per_gpu * r.total, per_gpu * r.gpus)
+            )
+    # groups on one GPU each that reserve a fraction of it may land on the same GPU: count them together
+    shared = [g for g in groups if g.count == 1 and g.fraction < 1.0]
+    merged, used = [], 0.0
+    for g in sorted(shared, key=lambda g: -g.fraction):
+        if used + g.fraction <= 1.0 + 1e-9:
+            merged.append(g)
+            used += g.fraction
+    if len(merged) > 1:
+        groups = [g for g in groups if g not in merged]
+        members = [m for g in merged for m in g.members]
+        groups.append(GpuGroup("shared GPU", 1, members, sum(g.bytes for g in merged), used))
+    return groups
 
 
 def _knobs(cfg: Config, role: str) -> str:

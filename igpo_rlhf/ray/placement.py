@@ -5,13 +5,16 @@ group with one bundle per actor (strategy PACK), so a role's actors are reserved
 
 GPUs. Two ranks of one DeepSpeed group (policy, critic) must never share a GPU (NCCL fails with "Duplicate
 GPU detected"), but Ray packs fractional bundles onto the same GPU: two bundles of 0.4 GPU fit on one. So,
-as OpenRLHF does, GPU bundles of those roles are whole GPUs (ceil of the actor's num_gpus) and the actor
-asks for its fraction inside its bundle:
+as OpenRLHF does, when a role has several ranks its GPU bundles are whole GPUs (ceil of the actor's
+num_gpus) and each actor asks for its fraction inside its bundle:
 - `resources.colocate`: the model roles (policy, reference, critic, scorer) share ONE placement group; bundle
-  i is one whole GPU holding actor i of every colocated role, which share it through their fractional
-  `num_gpus` (e.g. 0.4 + 0.2 + 0.2); the fractions of one bundle must sum to at most 1.
-- otherwise policy and critic bundles are whole GPUs; reference, scorer and hf-rollout actors (no collective
-  between them) keep fractional bundles, so several may share a GPU.
+  i holds actor i of every colocated role, which share its GPU through their fractional `num_gpus` (e.g.
+  0.4 + 0.2 + 0.2); the fractions of one bundle must sum to at most 1. With several actors per role each
+  bundle is one whole GPU.
+- otherwise policy and critic bundles are whole GPUs when the role has several ranks; reference, scorer and
+  hf-rollout actors (no collective between them) keep fractional bundles, so several may share a GPU.
+A role of one actor (one rank) keeps its fraction in both cases: nothing can collide, and a single GPU can
+then hold every role (bench/gpu_check.sh).
 Every GPU actor gets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (or the driver's own value): roles that
 take turns on a GPU free cached memory between phases (`release_cached_gpu_memory`), and expandable segments
 keep that memory from fragmenting.
@@ -110,7 +113,8 @@ def place_roles(
             )
         n = next(iter(counts.values()))
         gpus = _check_colocated_gpus(specs, shared)
-        bundle = _bundle(sum(specs[r].num_cpus for r in shared), 1.0 if gpus > 0 else 0.0)  # a whole GPU
+        gpus = 1.0 if gpus > 0 and n > 1 else gpus  # several ranks: a whole GPU per bundle
+        bundle = _bundle(sum(specs[r].num_cpus for r in shared), gpus)
         group = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
         pending.append((group, f"colocated {'+'.join(shared)}: {n} x {bundle}"))
         for r in shared:
@@ -120,7 +124,8 @@ def place_roles(
         if r in placements:
             continue
         spec = specs[r]
-        gpus = math.ceil(spec.num_gpus) if r in DISTRIBUTED_ROLES else spec.num_gpus  # ranks never share
+        ranks = r in DISTRIBUTED_ROLES and spec.num_actors > 1
+        gpus = math.ceil(spec.num_gpus) if ranks else spec.num_gpus  # two ranks never share a GPU
         bundle = _bundle(spec.num_cpus, gpus)
         group = placement_group([dict(bundle) for _ in range(spec.num_actors)], strategy="PACK")
         pending.append((group, f"{r}: {spec.num_actors} x {bundle}"))

@@ -245,6 +245,7 @@ def create_engines(
     gpu_memory_utilization: float,
     enable_prefix_caching: bool,
     enforce_eager: bool,
+    gpus: float = 1.0,
     timeout_s: float = 600.0,
 ) -> tuple[list[Any], Any]:
     """`num_engines` vLLM engine actors serving `model_path` (OpenRLHF's `create_vllm_engines`; bfloat16), and
@@ -252,12 +253,16 @@ def create_engines(
 
     The group (one whole GPU and one CPU per engine worker, PACK, as OpenRLHF's own) is made and waited for
     here, `timeout_s` at most, then passed to OpenRLHF as its shared group: its engines then ask for a
-    fraction of their bundle's GPU, which the bundle holds whole. TimeoutError naming what was asked.
+    fraction of their bundle's GPU (0.2), which the bundle holds whole. A single engine without tensor
+    parallelism reserves `gpus` (resources.rollout.num_gpus, at least 0.2) instead, so that one GPU can hold it
+    and the training roles (bench/gpu_check.sh). TimeoutError naming what was asked.
     """
     require_vllm()
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
 
-    group = reserve_engine_gpus(num_engines * tensor_parallel_size, timeout_s=timeout_s)
+    whole = num_engines > 1 or tensor_parallel_size > 1
+    bundle_gpus = 1.0 if whole else min(1.0, max(0.2, gpus))
+    group = reserve_engine_gpus(num_engines * tensor_parallel_size, bundle_gpus, timeout_s=timeout_s)
     try:
         actors = create_vllm_engines(
             num_engines,
@@ -279,12 +284,12 @@ def create_engines(
     return actors, group
 
 
-def reserve_engine_gpus(n_gpus: int, *, timeout_s: float) -> Any:
-    """A placement group of `n_gpus` bundles {GPU: 1, CPU: 1} (PACK), ready; TimeoutError with what is free."""
+def reserve_engine_gpus(n_gpus: int, gpus: float = 1.0, *, timeout_s: float) -> Any:
+    """A placement group of `n_gpus` bundles {GPU: gpus, CPU: 1} (PACK), ready; TimeoutError with what is free."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    group = placement_group([{"GPU": 1, "CPU": 1} for _ in range(n_gpus)], strategy="PACK")
+    group = placement_group([{"GPU": gpus, "CPU": 1} for _ in range(n_gpus)], strategy="PACK")
     try:
         ray.get(group.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as err:

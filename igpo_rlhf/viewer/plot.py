@@ -1,9 +1,12 @@
-"""`igpo plot RUN_DIR ... -o FILE.png [--metric NAME ...] [--x step|time]`: metrics of one or several runs,
-one subplot per metric, one line per run (the legend names each run by its directory), for papers and
-READMEs. From Python (the learning benchmark does):
+"""`igpo plot RUN_DIR ... -o FILE.png [--metric NAME ...] [--x step|time|rollouts] [--label NAME ...]`:
+metrics of one or several runs, one subplot per metric, one line per run (the legend names each run by its
+directory), for papers and READMEs. Runs given the same `--label` (e.g. the seeds of one setting) are drawn
+as one line, their mean, with a shaded 95% confidence interval (Student's t over the runs). From Python
+(the learning benchmark does):
 
     from igpo_rlhf.viewer.plot import plot_runs
     fig = plot_runs(["runs/igpo", "runs/grpo"], ["reward/f1", "eval/f1"], "curves.png")
+    fig = plot_runs(dirs, ["eval/f1"], "f1.png", labels=["igpo"] * 3 + ["grpo"] * 3, x="rollouts")
 
 Without metrics: the defaults below that at least one run logged. An unknown metric is a ValueError listing
 the metrics the runs have.
@@ -27,7 +30,9 @@ from matplotlib.ticker import MaxNLocator
 from igpo_rlhf.viewer.metrics import MetricsTable, read_metrics
 
 DEFAULT_METRICS = ("reward/f1", "eval/f1", "ig/mean", "policy/kl", "policy/entropy", "rollout/searches")
-X_AXES = ("step", "time")
+X_AXES = ("step", "time", "rollouts")
+# Student's t quantile t_{0.975, n-1} for a 95% interval of a mean over n runs (n = 2..10; normal beyond)
+T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 COLORS = ("#2f6fd0", "#e07b22", "#2e9e5b", "#c8414b", "#7b5cc4", "#8c6a4f", "#d45fa6", "#6b7480")
 
 
@@ -82,6 +87,17 @@ def choose_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[s
 def _xs(run: Run, steps: list[int], x: str) -> list[float]:
     if x == "step":
         return [float(s) for s in steps]
+    if x == "rollouts":  # rollouts consumed by the end of each step (rollout/trajectories summed)
+        per_step = dict(
+            zip(run.metrics.steps, run.metrics.series.get("rollout/trajectories", []), strict=False)
+        )
+        if not any(v is not None for v in per_step.values()):
+            raise ValueError(f"--x rollouts needs rollout/trajectories in the metrics; {run.path} has none")
+        total, at = 0.0, {}
+        for s in run.metrics.steps:
+            total += per_step.get(s) or 0.0
+            at[s] = total
+        return [at[s] for s in steps]
     # x == "time": wall-clock minutes at the end of each step, from the summed time/step
     table = run.metrics
     per_step = dict(zip(table.steps, table.series.get("time/step", []), strict=False))
@@ -92,6 +108,27 @@ def _xs(run: Run, steps: list[int], x: str) -> list[float]:
         elapsed += per_step.get(s) or 0.0
         at[s] = elapsed / 60.0
     return [at[s] for s in steps]
+
+
+def _group_series(
+    members: list[Run], name: str, x: str
+) -> tuple[list[float], list[float], list[float] | None]:
+    """x values every member logged `name` at, the members' mean there, and the 95% half-width (None for
+    a single run)."""
+    per_run = []
+    for run in members:
+        steps, values = run.metrics.points(name)
+        per_run.append(dict(zip(_xs(run, steps, x), values, strict=True)) if steps else {})
+    xs = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    means, halves = [], []
+    for at in xs:
+        vals = [p[at] for p in per_run]
+        mean = sum(vals) / len(vals)
+        means.append(mean)
+        if len(vals) > 1:
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            halves.append(T975.get(len(vals), 1.96) * sd / math.sqrt(len(vals)))
+    return xs, means, halves if len(members) > 1 else None
 
 
 def plot_runs(
@@ -106,8 +143,10 @@ def plot_runs(
 ) -> Figure:
     """One subplot per metric, one line per run; saved to `out_png` when given. Returns the figure.
 
-    `x`: "step" or "time" (wall-clock minutes summed from time/step). A run that did not log a metric has
-    no line in that subplot. ValueError for a directory without metrics.jsonl or an unknown metric.
+    `x`: "step", "time" (wall-clock minutes summed from time/step) or "rollouts" (rollouts consumed). Runs
+    sharing a label are one line: their mean at the x values all of them logged, with a 95% interval band.
+    A run that did not log a metric has no line in that subplot. ValueError for a directory without
+    metrics.jsonl or an unknown metric.
     """
     if x not in X_AXES:
         raise ValueError(f"x={x!r}; accepted: {', '.join(X_AXES)}")
@@ -118,24 +157,26 @@ def plot_runs(
     fig = Figure(figsize=(4.4 * ncols, 3.1 * nrows + 0.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    colors = dict(zip((r.label for r in runs), itertools.cycle(COLORS), strict=False))
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    colors = dict(zip(groups, itertools.cycle(COLORS), strict=False))
     for ax, name in zip(axes, chosen, strict=False):
-        for run in runs:
-            steps, values = run.metrics.points(name)
-            if not steps:
+        for label, members in groups.items():
+            xs, mean, half = _group_series(members, name, x)
+            if not xs:
                 continue
-            sparse = len(steps) < 0.5 * len(run.metrics.steps) or len(steps) <= 12
-            ax.plot(
-                _xs(run, steps, x),
-                values,
-                label=run.label,
-                color=colors[run.label],
-                linewidth=1.6,
-                marker="o" if sparse else None,
-                markersize=3,
-            )
+            sparse = len(xs) <= 12 or len(xs) < 0.5 * len(members[0].metrics.steps)
+            ax.plot(xs, mean, label=label, color=colors[label], linewidth=1.6,
+                    marker="o" if sparse else None, markersize=3)  # fmt: skip
+            if half is not None:
+                low = [m - h for m, h in zip(mean, half, strict=True)]
+                high = [m + h for m, h in zip(mean, half, strict=True)]
+                ax.fill_between(xs, low, high, color=colors[label], alpha=0.18, linewidth=0)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step" if x == "step" else "wall-clock minutes", fontsize=9)
+        ax.set_xlabel(
+            {"step": "step", "time": "wall-clock minutes", "rollouts": "rollouts consumed"}[x], fontsize=9
+        )
         ax.grid(True, color="#e5e8ec", linewidth=0.8)
         ax.tick_params(labelsize=8)
         if x == "step":
@@ -144,9 +185,13 @@ def plot_runs(
             ax.spines[side].set_visible(False)
     for ax in axes[len(chosen) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=colors[r.label], linewidth=2, label=r.label) for r in runs]
+    handles = [
+        Line2D([], [], color=colors[label], linewidth=2,
+               label=label if len(members) == 1 else f"{label} (mean of {len(members)}, 95% CI)")
+        for label, members in groups.items()
+    ]  # fmt: skip
     fig.legend(
-        handles=handles, loc="outside lower center", ncols=min(len(runs), 4), frameon=False, fontsize=9
+        handles=handles, loc="outside lower center", ncols=min(len(groups), 4), frameon=False, fontsize=9
     )
     if title:
         fig.suptitle(title, fontsize=11)
@@ -172,14 +217,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"a metric to plot (repeat for several; default: those of {', '.join(DEFAULT_METRICS)} logged)",
     )
-    ap.add_argument("--x", default="step", choices=X_AXES, help="x axis: step, or wall-clock minutes (time)")
+    ap.add_argument(
+        "--x",
+        default="step",
+        choices=X_AXES,
+        help="x axis: step, wall-clock minutes (time), rollouts consumed",
+    )
+    ap.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a legend label per run, in order; runs sharing one are drawn as their mean with a 95%% interval",
+    )
     ap.add_argument("--title", default=None, help="a title over the figure")
     args = ap.parse_args(argv)
     if not args.out.lower().endswith(".png"):
         print(f"igpo plot: -o {args.out}: expected a .png file name", file=sys.stderr)
         return 2
     try:
-        fig = plot_runs(args.run_dirs, args.metrics, args.out, x=args.x, title=args.title)
+        fig = plot_runs(args.run_dirs, args.metrics, args.out, x=args.x, labels=args.labels, title=args.title)
     except ValueError as err:
         print(f"igpo plot: {err}", file=sys.stderr)
         return 2

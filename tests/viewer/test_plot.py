@@ -99,3 +99,27 @@ def test_plot_of_the_real_run(trained_run, tmp_path, capsys):
     assert plot_main([str(trained_run), "-o", str(out)]) == 0
     assert "reward/f1, ig/mean, policy/kl, policy/entropy, rollout/searches" in capsys.readouterr().out
     assert matplotlib.image.imread(out).shape[2] in (3, 4)
+
+
+def test_runs_sharing_a_label_are_their_mean_with_a_95_percent_band_against_rollouts(tmp_path):
+    """Two seeds of one setting: the mean line, a band of t_{0.975,1} x sd / sqrt(2) around it (worked out by
+    hand below), x in rollouts consumed (16 rollouts per step, step 0 is validation only)."""
+
+    def seed(name: str, f1: list[float]) -> Path:
+        return write_run(tmp_path / name, [{"step": 0, "eval/f1": f1[0]}] + [
+            {"step": s, "rollout/trajectories": 16.0, "reward/f1": 0.5, **({"eval/f1": f1[s // 2]} if s % 2 == 0 else {})}
+            for s in (1, 2, 3, 4)
+        ])  # fmt: skip
+
+    runs = [seed("a0", [0.2, 0.4, 0.5]), seed("a1", [0.4, 0.6, 0.7]), seed("b0", [0.1, 0.1, 0.1])]
+    fig = plot_runs(runs, ["eval/f1"], tmp_path / "f1.png", labels=["a", "a", "b"], x="rollouts")
+    [ax] = [ax for ax in fig.axes if ax.get_visible()]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["a"].get_xdata()) == [0.0, 32.0, 64.0]
+    assert list(lines["a"].get_ydata()) == pytest.approx([0.3, 0.5, 0.6])
+    # sd of (0.2, 0.4) is 0.1414 (n - 1 = 1), sd / sqrt(2) = 0.1, t_{0.975,1} = 12.706
+    [band] = ax.collections
+    ys = sorted({round(float(y), 4) for y in band.get_paths()[0].vertices[:, 1]})
+    assert ys == pytest.approx(sorted({round(m + k * 1.2706, 4) for m in (0.3, 0.5, 0.6) for k in (-1, 1)}))
+    assert list(lines["b"].get_ydata()) == pytest.approx([0.1, 0.1, 0.1])  # one run: no band
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a (mean of 2, 95% CI)", "b"]

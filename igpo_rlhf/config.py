@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from igpo_rlhf.scoring.budget import DEFAULT_LOGITS_CHUNK, DEFAULT_TOKEN_BUDGET
 from services.search_proxy.settings import ProxySettings
 
 
@@ -481,7 +482,7 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of policy and critic.")
     offload: bool = Field(False, description="DeepSpeed optimizer offload to CPU (GPU runs).")
     logits_chunk: int = Field(
-        1024,
+        DEFAULT_LOGITS_CHUNK,
         ge=1,
         description="Policy training pass: hidden states projected to the vocabulary at a time, at action "
         "positions only ([chunk, V] float32 logits at most; recomputed in backward, never [B, L, V]).",
@@ -575,10 +576,12 @@ class EvalConfig(_Section):
 
 class ScorerConfig(_Section):
     token_budget: int = Field(
-        16384, ge=64, description="Tokens per scorer forward pass; trajectories are split to stay under it."
+        DEFAULT_TOKEN_BUDGET,
+        ge=64,
+        description="Tokens per scorer forward pass; trajectories are split to stay under it.",
     )
     logits_chunk: int = Field(
-        1024,
+        DEFAULT_LOGITS_CHUNK,
         ge=1,
         description="Scorer and reference passes: hidden states projected to the vocabulary at a time "
         "([chunk, V] float32 logits at most).",

@@ -15,8 +15,8 @@ from igpo_rlhf.models.loading import load_causal_lm, load_weights_in_place
 from igpo_rlhf.ray.placement import release_cached_gpu_memory
 from igpo_rlhf.ray.weight_sync import ParamSpec, broadcast_from_rank_0, join_weight_group, param_specs
 from igpo_rlhf.scoring import ScoreResult, score_trajectories
+from igpo_rlhf.scoring.budget import DEFAULT_LOGITS_CHUNK, DEFAULT_TOKEN_BUDGET
 from igpo_rlhf.scoring.inputs import TokenIds
-from igpo_rlhf.scoring.scorer import DEFAULT_LOGITS_CHUNK, DEFAULT_TOKEN_BUDGET
 
 
 class BeliefScorerActor:

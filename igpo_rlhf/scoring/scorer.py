@@ -26,6 +26,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from igpo_rlhf.algo.belief import log_belief, reduce_aliases
+from igpo_rlhf.scoring.budget import DEFAULT_LOGITS_CHUNK, DEFAULT_TOKEN_BUDGET
 from igpo_rlhf.scoring.inputs import CheckedTrajectory, TokenIds, check_inputs
 from igpo_rlhf.scoring.masks import block_attention_mask
 from igpo_rlhf.scoring.plan import (
@@ -35,9 +36,6 @@ from igpo_rlhf.scoring.plan import (
     batches_within_budget,
     probe_rounds,
 )
-
-DEFAULT_TOKEN_BUDGET = 16384  # padded query tokens per forward pass, and rows × longest row per batch
-DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] logits at most
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_LOGITS_CHUNK = 1024  # hidden states projected to the vocabulary at a time: [chunk, V] float32 logits
+from igpo_rlhf.scoring.budget import DEFAULT_LOGITS_CHUNK
 
 
 @dataclass

@@ -15,11 +15,23 @@ import pytest
 
 from services.search_proxy.__main__ import parse_args, settings_from_args
 from services.search_proxy.app import create_app
-from services.search_proxy.backends.bm25 import Bm25Backend
+from services.search_proxy.backends.bm25 import Bm25Backend, passage_text
 from services.search_proxy.cache import CACHE_FILE
 from services.search_proxy.corpus import read_corpus
 from services.search_proxy.settings import Bm25Settings, ProxySettings
 from tests.services.conftest import metric, serve, settled_health, write_corpus
+from tests.services.test_bm25 import _slow_bm25, _words
+
+K1, B = Bm25Settings().k1, Bm25Settings().b  # the proxy's defaults
+
+
+def textbook_top(corpus: Path, query: str, k: int) -> list[tuple[str, float]]:
+    """(passage id, score) of the k best passages by the test's own textbook BM25 (tests/services/test_bm25.py),
+    best first, ties by corpus order, zero scores left out."""
+    passages = read_corpus(corpus)
+    scores = _slow_bm25([_words(passage_text(p)) for p in passages], _words(query), K1, B)
+    order = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))[:k]
+    return [(passages[i].id, scores[i]) for i in order]
 
 
 def _settings(corpus: Path, cache_dir: Path, **overrides) -> ProxySettings:
@@ -35,18 +47,20 @@ def proxy(tiny_corpus: Path, tmp_path: Path):
 
 
 def test_retrieve_speaks_search_r1(proxy, tiny_corpus: Path):
-    expected = Bm25Backend(read_corpus(tiny_corpus), Bm25Settings()).retrieve(["capital city", "tragedy"], 2)
+    by_id = {p.id: p for p in read_corpus(tiny_corpus)}
     scored = httpx.post(
         f"{proxy.url}/retrieve",
         json={"queries": ["capital city", "tragedy"], "topk": 2, "return_scores": True},
     )
     assert scored.status_code == 200
-    assert scored.json() == {
-        "result": [
-            [{"document": {"id": h.id, "contents": f'"{h.title}"\n{h.text}'}, "score": h.score} for h in hits]
-            for hits in expected
+    result = scored.json()["result"]
+    for query, docs in zip(["capital city", "tragedy"], result, strict=True):
+        expected = textbook_top(tiny_corpus, query, 2)
+        assert [d["document"]["id"] for d in docs] == [pid for pid, _ in expected]
+        assert [d["score"] for d in docs] == pytest.approx([score for _, score in expected], rel=1e-5)
+        assert [d["document"]["contents"] for d in docs] == [
+            f'"{by_id[pid].title}"\n{by_id[pid].text}' for pid, _ in expected
         ]
-    }
     plain = httpx.post(f"{proxy.url}/retrieve", json={"queries": ["capital city", "tragedy"], "topk": 2})
     assert plain.json() == {"result": [[r["document"] for r in query] for query in scored.json()["result"]]}
     # no topk: the default (3, like Search-R1's retriever); unknown keys are ignored, as Search-R1's server does
@@ -54,7 +68,7 @@ def test_retrieve_speaks_search_r1(proxy, tiny_corpus: Path):
     assert sorted(d["id"] for d in default[0]) == ["p3", "p9"]  # only two passages mention Everest
 
 
-def test_search_api_and_cache_flags(proxy):
+def test_search_api_and_cache_flags(proxy, tiny_corpus: Path):
     first = httpx.post(
         f"{proxy.url}/search", json={"queries": ["Capital of Peru", "jazz"], "top_k": 1}
     ).json()
@@ -65,7 +79,7 @@ def test_search_api_and_cache_flags(proxy):
         "id": "p1",
         "title": "Lima",
         "text": "Lima is the capital and largest city of Peru, on the Pacific coast.",
-        "score": lima["hits"][0]["score"],
+        "score": pytest.approx(textbook_top(tiny_corpus, "Capital of Peru", 1)[0][1], rel=1e-5),
     }
     assert lima["cached"] is False and lima["backend_ms"] > 0
     # the same query modulo case and spacing is a cache hit; a new one is not; order and duplicates kept

@@ -180,7 +180,9 @@ class HFEngine:
             do_sample=sample,
             temperature=temperature if sample else None,
             top_p=top_p if sample else None,
-            top_k=(top_k if top_k > 0 else None) if sample else None,
+            # 0, not None: transformers fills an unset top_k with its default 50, which would sample from a
+            # truncated distribution while the trainer computes log-probs of the full one
+            top_k=(top_k if top_k > 0 else 0) if sample else None,
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.pad_id,
             bos_token_id=None,

@@ -152,3 +152,25 @@ def test_bad_arguments(engine, contexts, budgets, extra, message):
     kwargs = {**GREEDY, **extra}
     with pytest.raises(ValueError, match=message):
         engine.generate(contexts, max_new_tokens=budgets, stop_strings=[], **kwargs)
+
+
+def test_top_k_minus_one_samples_the_whole_vocabulary(tok):
+    """top_k=-1 samples from π itself: with a nearly flat next-token distribution over the 400-token
+    vocabulary, 800 one-token samples hit far more than 50 distinct tokens (a silent top-50 default would cap
+    them at 50, as top_k=50 does)."""
+    model = make_model(tok)
+    with torch.no_grad():  # tiny, distinct logits: nearly uniform, and no ties at a top-k boundary
+        model.lm_head.weight.copy_(
+            1e-3 * torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(0))
+        )
+    eng = HFEngine(model, tok)
+    out = eng.generate(
+        [tok.encode("Paris")] * 800, max_new_tokens=[1] * 800, stop_strings=[], temperature=1.0, top_p=1.0,
+        top_k=-1, seed=5,
+    )  # fmt: skip
+    assert len({g.token_ids[0] for g in out}) > 100
+    capped = eng.generate(
+        [tok.encode("Paris")] * 800, max_new_tokens=[1] * 800, stop_strings=[], temperature=1.0, top_p=1.0,
+        top_k=50, seed=5,
+    )  # fmt: skip
+    assert len({g.token_ids[0] for g in capped}) <= 50

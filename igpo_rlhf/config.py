@@ -387,6 +387,21 @@ class WorldConfig(_Section):
         600, ge=1, description="Questions with demonstration trajectories (the tiny model's warm start)."
     )
     max_hops: int = Field(3, ge=1, le=3, description="Questions take 1 to max_hops searches.")
+    demo_skip_frac: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of demonstrations that skip searching and answer at once with the entity the "
+        "question names (always wrong): a warm start that sometimes answers without looking, whose choice "
+        "RL can fix (bench/RESULTS.md, 'Why the demo did not learn').",
+    )
+    demo_stop_frac: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of demonstrations that stop after k < hops searches and answer with the entity "
+        "reached (wrong): a warm start that sometimes quits a multi-hop chain early.",
+    )
 
 
 class DataConfig(_Section):

@@ -32,10 +32,13 @@ def test_demo_variants_differ_from_the_demo_only_in_the_estimator(name, estimato
     }
 
 
-def test_wiki_demo_differs_from_the_demo_only_in_its_data():
+def test_wiki_demo_differs_from_the_demo_only_in_its_data_and_length():
     demo = flat(load_config(CONFIGS / "demo.yaml").model_dump(mode="json"))
     wiki = flat(load_config(CONFIGS / "demo_wiki.yaml").model_dump(mode="json"))
-    assert {k for k in demo if demo[k] != wiki[k]} == {"data.train", "search.proxy.corpus", "logging.run_dir"}
+    assert {k for k in demo if demo[k] != wiki[k]} == {
+        "data.train", "data.eval", "search.proxy.corpus", "logging.run_dir",
+        "train.steps", "train.prompts_per_step", "eval.every_n_steps",
+    }  # fmt: skip
     assert wiki["data.train"] == ["../shared/data/qa/r1searcher_hotpotqa_500.jsonl"]
     assert wiki["search.proxy.corpus"] == "../shared/data/corpus/wiki_passages.jsonl.gz"
 

@@ -246,7 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ActorDied, ActorTimedOut) as exc:
         print(f"igpo train: {exc}. The run stopped; {_last_checkpoint(cfg)}", file=sys.stderr)
         return 5 if isinstance(exc, ActorDied) else 6
+    print(run_summary(cfg), flush=True)
     return 0
+
+
+def run_summary(cfg: Config) -> str:
+    """The line a finished run ends with: where it is, and held-out F1 before and after (when validated)."""
+    import json
+
+    run_dir = Path(cfg.logging.run_dir)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    evals = [(m["step"], m["eval/f1"]) for m in lines if m.get("eval/f1") is not None]
+    text = f"igpo train: {cfg.train.steps} steps done → {run_dir} (metrics.jsonl, rollouts/, checkpoints/)"
+    if len(evals) >= 2:
+        (s0, f0), (s1, f1) = evals[0], evals[-1]
+        best_step, best = max(evals, key=lambda e: (e[1], -e[0]))
+        text += (
+            f"\nheld-out F1 on {', '.join(cfg.data.eval)} ({len(validation_prompts(cfg))} questions, "
+            f"{'greedy' if cfg.eval.temperature == 0 else f'temperature {cfg.eval.temperature:g}'}): "
+            f"{f0:.3f} at step {s0} → {f1:.3f} at step {s1} ({f1 - f0:+.3f}); best {best:.3f} at step "
+            f"{best_step}: {run_dir / 'checkpoints' / 'best'}"
+        )
+    return text
 
 
 def _last_checkpoint(cfg: Config) -> str:

@@ -13,6 +13,7 @@ Retrieval is the search proxy's BM25 backend (`services.search_proxy.backends.bm
 from __future__ import annotations
 
 import json
+import random
 from typing import TYPE_CHECKING
 
 from igpo_rlhf.world.world import RELATIONS, Fact, Question, World, fact_passage_ids
@@ -84,6 +85,20 @@ def demo_steps(
     return steps
 
 
+def flawed_steps(steps: list[dict], q: Question, behaviour: str, rng: random.Random) -> list[dict]:
+    """A flawed variant of a good demonstration's `steps`, always ending in a wrong answer:
+
+    - "skip": answer at once with the entity the question names (copied from the question, so nothing
+      that is not in the context is taught);
+    - "stop": search the first k hops, k drawn from 0..hops-1, then answer with the entity reached (k = 0
+      is a skip)."""
+    k = rng.randint(0, q.hops - 1) if behaviour == "stop" else 0
+    if k == 0:
+        return [{"think": f"I know this. The answer is {q.path[0]}.", "answer": q.path[0]}]
+    fact = RELATIONS[q.chain[k - 1]].fact.format(x=q.path[k - 1], y=q.path[k])
+    return steps[:k] + [{"think": f"{fact}. So the answer is {q.path[k]}.", "answer": q.path[k]}]
+
+
 def make_demos(
     world: World,
     questions: list[Question],
@@ -91,14 +106,27 @@ def make_demos(
     corpus: list[dict],
     top_k: int,
     bm25: Bm25Settings | None = None,
+    *,
+    skip_frac: float = 0.0,
+    stop_frac: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[dict], dict]:
     """Demo rows for `questions` (rows: their question_row dicts) and retrieval statistics.
 
     A demo whose search misses its fact passage in the top `top_k` would teach reading an answer that is
-    not there, so such questions are left out (counted in the statistics)."""
+    not there, so such questions are left out (counted in the statistics). A seeded share `skip_frac` of
+    the demos skips searching and `stop_frac` stops early (`flawed_steps`); each row says which it is
+    (`behaviour`: full | skip | stop)."""
+    if skip_frac + stop_frac > 1.0:
+        raise ValueError(
+            f"data.world.demo_skip_frac + demo_stop_frac = {skip_frac + stop_frac:g} is more than 1: they are "
+            "shares of the same demonstrations"
+        )
     search = BM25Search(corpus, bm25)
     gold_ids = fact_passage_ids(world)
+    rng = random.Random(seed + 2)
     demos, n_search, n_rank1, dropped = [], 0, 0, 0
+    behaviours = {"full": 0, "skip": 0, "stop": 0}
     for k, (q, row) in enumerate(zip(questions, rows, strict=True)):
         steps = demo_steps(q, search, gold_ids, top_k, brief_final=k % 2 == 1)
         searches = steps[:-1]
@@ -107,9 +135,15 @@ def make_demos(
             continue
         n_search += len(searches)
         n_rank1 += sum(s["gold_rank"] == 1 for s in searches)
-        demos.append({**row, "steps": steps})
+        u = rng.random()
+        behaviour = "skip" if u < skip_frac else "stop" if u < skip_frac + stop_frac else "full"
+        if behaviour != "full":
+            steps = flawed_steps(steps, q, behaviour, rng)
+        behaviours[behaviour] += 1
+        demos.append({**row, "steps": steps, "behaviour": behaviour})
     stats = {
         "demos": len(demos),
+        "behaviours": behaviours,
         "dropped_fact_not_retrieved": dropped,
         "searches": n_search,
         "gold_at_rank1": n_rank1 / max(n_search, 1),

@@ -437,7 +437,17 @@ def build_world(
         name: [question_row(q, f"world-{name}-{k:05d}") for k, q in enumerate(qs)]
         for name, qs in splits.items()
     }
-    demos, demo_stats = make_demos(world, splits["demo"], rows["demo"], corpus, search_top_k, bm25)
+    demos, demo_stats = make_demos(
+        world,
+        splits["demo"],
+        rows["demo"],
+        corpus,
+        search_top_k,
+        bm25,
+        skip_frac=world_cfg.demo_skip_frac,
+        stop_frac=world_cfg.demo_stop_frac,
+        seed=world_cfg.seed,
+    )
 
     _write_jsonl(out / "corpus.jsonl", corpus)
     _write_jsonl(out / "train.jsonl", rows["train"])

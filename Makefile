@@ -31,7 +31,7 @@ CONFIG ?= configs/demo.yaml
 GPUS ?=
 SHARED ?= ../shared
 
-.PHONY: help install install-gpu browser real-model test lint format demo train plan search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-viewer gpu-check clean
+.PHONY: help install install-gpu browser real-model test lint format demo train plan search-proxy view bench-scorer bench-search bench-retrieval bench-step bench-learning bench-viewer gpu-check clean
 
 help:
 	@echo "make demo          IGPO training on CPU with the built-in world (DATA=wiki: the shipped data; RUN_DIR=...)"
@@ -154,6 +154,11 @@ bench-search: $(STAMP)
 
 bench-retrieval: $(STAMP)
 	$(PY) bench/retrieval.py $(BENCH_ARGS)
+
+# make bench-learning: held-out F1 of grpo / igpo / igpo_2026 / ppo over seeds on the demo world (BENCH_ARGS="-c
+# configs/learning_stop.yaml" for the credit-assignment world); a plot and a table into runs/learning.
+bench-learning: $(STAMP) $(DEMO_MODEL)
+	$(PY) bench/learning.py $(BENCH_ARGS)
 
 # make bench-step: the tiny demo config with grpo and with igpo side by side (bench/RESULTS.md).
 bench-step: $(STAMP) $(DEMO_MODEL)

@@ -108,16 +108,8 @@ def get(refs: Sequence[ray.ObjectRef], doing: str, timeout_s: float, key: str) -
     the config key that sets it), ActorDied as soon as one of them dies. The values, in the order of refs."""
     index = {ref: i for i, ref in enumerate(refs)}
     values: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise timed_out(pending, doing, timeout_s, key)
-        try:
-            values[index[ready[0]]] = ray.get(ready[0])
-        except (RayActorError, OutOfMemoryError) as exc:
-            raise died(exc, doing, _actor_of(ready[0])) from exc
+    for ref in wait(refs, doing, timeout_s, key):
+        values[index[ref]] = ray.get(ref)
     return values
 
 

@@ -95,10 +95,10 @@ def test_prompts_beliefs_and_rewards_of_the_real_model(run):
 def test_igpo_eval_on_the_shipped_data(tmp_path):
     out = tmp_path / "eval"
     argv = ["eval", "-c", str(CONFIG), "--set", f"model.path={smollm2_dir()}", "--data", str(HOTPOTQA),
-            "--limit-per-source", "2", "--beliefs", "--out", str(out)]  # fmt: skip
+            "--limit-per-source", "1", "--beliefs", "--out", str(out)]  # fmt: skip
     assert igpo(argv) == 0
     rows = read_jsonl(out / "rollouts.jsonl")
-    questions = read_file(HOTPOTQA)[:2]
+    questions = read_file(HOTPOTQA)[:1]
     assert [r["question"] for r in rows] == [q.question for q in questions]
     tok = load_tokenizer(smollm2_dir())
     model = load_causal_lm(smollm2_dir())
@@ -121,6 +121,6 @@ def test_igpo_eval_on_the_shipped_data(tmp_path):
         assert row["beliefs"] == pytest.approx(want, abs=1e-4)
     scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
     hotpot = scores["sources"]["r1searcher_hotpotqa_500"]
-    assert hotpot["n"] == 2 and hotpot["f1"] == pytest.approx(sum(r["f1"] for r in rows) / 2)
-    assert hotpot["format_fail"] == pytest.approx(sum(r["format_fail"] for r in rows) / 2)
+    assert hotpot["n"] == 1 and hotpot["f1"] == pytest.approx(rows[0]["f1"])
+    assert hotpot["format_fail"] == pytest.approx(rows[0]["format_fail"])
     assert scores["setting"]["model"]["path"] == str(smollm2_dir())

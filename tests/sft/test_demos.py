@@ -1,8 +1,8 @@
 """Demonstrations from real QA data (igpo_rlhf.sft.demos) and their tokens (igpo_rlhf.sft.loop.encode_demo).
 
-The retrieval tests use the proxy's BM25 backend over a small corpus written here; the token test uses the real
-SmolLM2 tokenizer and chat template (no model weights are run), and checks the tokens against the chat
-template's own rendering of the whole trajectory."""
+The retrieval tests use the proxy's BM25 backend over a small corpus written here. The token test uses the
+real SmolLM2 tokenizer and chat template (no weights are run; marked real_model, as it needs the converted
+model) and checks the tokens against the chat template's own rendering of the whole trajectory."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def test_held_out_questions_and_the_demo_budget(search):
         qa_demos(ITEMS, search, top_k=1, max_demos=0, seed=0)
 
 
+@pytest.mark.real_model  # the real tokenizer and chat template (no weights are run)
 @pytest.mark.parametrize("protocol_name", ["search_r1", "tool_call"])
 def test_demo_tokens_are_the_chat_template_trajectory_with_loss_on_the_turns(search, protocol_name):
     tok = load_tokenizer(smollm2_dir())

@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from igpo_rlhf.cli import main as igpo
 from tests.models.smollm2 import HOTPOTQA, ROOT, SHARED_DATA, smollm2_dir
 
-pytestmark = pytest.mark.real_model
 CONFIG = str(ROOT / "configs" / "smollm2_wiki.yaml")
 
 
+@pytest.mark.real_model
 def test_igpo_sft_trains_checks_and_saves_a_standard_directory(tmp_path, capsys):
     base = smollm2_dir()
     out = tmp_path / "sft"

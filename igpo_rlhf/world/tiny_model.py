@@ -53,7 +53,9 @@ class TinyModelOptions:
     kv_heads: int = 2
     intermediate_size: int = 384
     max_positions: int = 2048
-    steps: int = 1600  # supervised optimiser steps (~95 s of one CPU core); 800 leave a copier too weak for RL
+    steps: int = (
+        1600  # supervised optimiser steps (~95 s of one CPU core); 800 leave a copier too weak for RL
+    )
     batch_size: int = 4  # small batches, more updates: learns copying sooner per token than batch 8 or 16
     lr: float = 5e-3
     warmup: int = 20

@@ -6,6 +6,10 @@ and answers with the gold alias that a retrieved passage contains. A question wh
 gold alias (normalised as the F1 scorer normalises answers) is dropped: a demonstration must not teach
 answering from passages that do not hold the answer. The rows have the layout of the built-in world's
 demonstrations (`igpo_rlhf.world.demos`), so `demo_token_segments` renders them with any protocol.
+
+The demonstration row layout (shared by both kinds): `{"question", ..., "steps": [{"think", "query",
+"results"}, ..., {"think", "answer"}]}`; `render_demo` / `demo_token_segments` turn a row into text / token
+segments exactly as the rollout loop builds a trajectory, and `BM25Search` is the retriever both use.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from igpo_rlhf.rewards import normalize_answer
 from igpo_rlhf.rollout.trajectory import PromptItem
-from igpo_rlhf.world.demos import BM25Search
 
 if TYPE_CHECKING:
+    from igpo_rlhf.rollout.protocols import AgentProtocol
     from services.search_proxy.settings import Bm25Settings
 
 SEARCH_THINK = "I need to look this up."
@@ -99,3 +103,60 @@ def qa_demos(
         "search_top_k": top_k,
     }
     return demos, stats
+
+
+class BM25Search:
+    """Top-k passages per query from the search proxy's own BM25 backend, in process.
+
+    Same index, tokenisation and scoring as the proxy serving this corpus with the same `bm25` settings,
+    so the demonstrated observations are what the rollout loop receives. Hits are the proxy's JSON form,
+    `{"id", "title", "text", "score"}`; `search` is what `run_rollouts` calls a search client by."""
+
+    def __init__(self, corpus: list[dict], bm25: Bm25Settings | None = None) -> None:
+        from services.search_proxy.backends.bm25 import Bm25Backend
+        from services.search_proxy.corpus import Passage
+        from services.search_proxy.settings import Bm25Settings
+
+        passages = [Passage(row["id"], row["title"], row["text"]) for row in corpus]
+        self.backend = Bm25Backend(passages, bm25 if bm25 is not None else Bm25Settings())
+
+    def search(self, queries: list[str], top_k: int) -> list[list[dict]]:
+        """One hit list per query, best first."""
+        return [[hit.to_dict() for hit in hits] for hits in self.backend.retrieve(list(queries), top_k)]
+
+
+def render_demo(demo: dict, protocol: AgentProtocol) -> list[tuple[str, str]]:
+    """A demo as (kind, text) segments in `protocol`: kind is prompt | turn | observation.
+
+    Turns are what the policy generates (trained on); prompt and observations are context only."""
+    segments = [("prompt", protocol.prompt_text(demo["question"]))]
+    for step in demo["steps"]:
+        if "answer" in step:
+            segments.append(("turn", protocol.demo_turn_text(think=step["think"], answer=step["answer"])))
+        else:
+            queries = [step["query"]]
+            segments.append(("turn", protocol.demo_turn_text(think=step["think"], queries=queries)))
+            segments.append(("observation", protocol.observation_text([step["results"]], queries=queries)))
+    return segments
+
+
+def demo_token_segments(
+    demo: dict, protocol: AgentProtocol, tokenizer, max_obs_tokens: int | None
+) -> list[tuple[str, list[int]]]:
+    """A demo as (kind, token ids) segments, each tokenised on its own exactly as the rollout loop builds a
+    trajectory: the prompt is `protocol.prompt_ids`, a turn is its text encoded without special tokens,
+    an observation is `protocol.observation_ids` of the stored hits (cut to `max_obs_tokens`)."""
+    out: list[tuple[str, list[int]]] = []
+    searches = iter(step for step in demo["steps"] if "answer" not in step)
+    for kind, text in render_demo(demo, protocol):
+        if kind == "prompt":
+            out.append((kind, protocol.prompt_ids(demo["question"])))
+        elif kind == "observation":
+            step = next(searches)
+            ids = protocol.observation_ids(
+                [step["results"]], max_tokens=max_obs_tokens, queries=[step["query"]]
+            )
+            out.append((kind, ids))
+        else:
+            out.append((kind, tokenizer.encode(text, add_special_tokens=False)))
+    return out

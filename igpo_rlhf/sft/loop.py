@@ -2,7 +2,7 @@
 generates (thinking, search calls, the answer and the EOS closing it), never the prompt or observations.
 
 A demonstration is tokenised segment by segment exactly as the rollout loop builds a trajectory
-(`igpo_rlhf.world.demos.demo_token_segments`): prompt ids, each turn's text encoded on its own, each
+(`igpo_rlhf.sft.demos.demo_token_segments`): prompt ids, each turn's text encoded on its own, each
 observation from `protocol.observation_ids`. The tiny demo model (`igpo make-tiny-model`) and `igpo sft` share
 this loop.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from igpo_rlhf.world.demos import demo_token_segments
+from igpo_rlhf.sft.demos import demo_token_segments
 
 Example = tuple[list[int], list[int]]  # token ids [T], labels [T] (-100: not trained on)
 

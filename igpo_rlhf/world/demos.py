@@ -3,11 +3,12 @@
 For each hop of a question the agent thinks, searches for the hop's fact with a short keyword query
 (`Relation.query`, e.g. "Brimvale Foundry founded by"), reads the real retrieval results, and on the last
 turn answers. A demo row stores the steps protocol-free (thinking, query, the retrieved passages, answer);
-`render_demo` turns it into text segments with an agent protocol (`igpo_rlhf.rollout.protocols`), the
+`igpo_rlhf.sft.demos.render_demo` turns it into text segments with an agent protocol (`igpo_rlhf.rollout.protocols`), the
 observation rendered by the protocol's own `observation_text` on the stored results, exactly what the
 rollout loop appends after a search.
 
-Retrieval is the search proxy's BM25 backend (`services.search_proxy.backends.bm25`), run in process.
+Retrieval is the search proxy's BM25 backend run in process (`igpo_rlhf.sft.demos.BM25Search`); the rows are
+rendered into tokens with a protocol by `igpo_rlhf.sft.demos.demo_token_segments`.
 """
 
 from __future__ import annotations
@@ -16,31 +17,11 @@ import json
 import random
 from typing import TYPE_CHECKING
 
+from igpo_rlhf.sft.demos import BM25Search
 from igpo_rlhf.world.world import RELATIONS, Fact, Question, World, fact_passage_ids
 
 if TYPE_CHECKING:
-    from igpo_rlhf.rollout.protocols import AgentProtocol
     from services.search_proxy.settings import Bm25Settings
-
-
-class BM25Search:
-    """Top-k passages per query from the search proxy's own BM25 backend, in process.
-
-    Same index, tokenisation and scoring as the proxy serving this corpus with the same `bm25` settings,
-    so the demonstrated observations are what the rollout loop receives. Hits are the proxy's JSON form,
-    `{"id", "title", "text", "score"}`; `search` is what `run_rollouts` calls a search client by."""
-
-    def __init__(self, corpus: list[dict], bm25: Bm25Settings | None = None) -> None:
-        from services.search_proxy.backends.bm25 import Bm25Backend
-        from services.search_proxy.corpus import Passage
-        from services.search_proxy.settings import Bm25Settings
-
-        passages = [Passage(row["id"], row["title"], row["text"]) for row in corpus]
-        self.backend = Bm25Backend(passages, bm25 if bm25 is not None else Bm25Settings())
-
-    def search(self, queries: list[str], top_k: int) -> list[list[dict]]:
-        """One hit list per query, best first."""
-        return [[hit.to_dict() for hit in hits] for hits in self.backend.retrieve(list(queries), top_k)]
 
 
 def demo_steps(
@@ -151,40 +132,3 @@ def make_demos(
         "retriever": "search proxy bm25 backend " + json.dumps(search.backend.options.model_dump()),
     }
     return demos, stats
-
-
-def render_demo(demo: dict, protocol: AgentProtocol) -> list[tuple[str, str]]:
-    """A demo as (kind, text) segments in `protocol`: kind is prompt | turn | observation.
-
-    Turns are what the policy generates (trained on); prompt and observations are context only."""
-    segments = [("prompt", protocol.prompt_text(demo["question"]))]
-    for step in demo["steps"]:
-        if "answer" in step:
-            segments.append(("turn", protocol.demo_turn_text(think=step["think"], answer=step["answer"])))
-        else:
-            queries = [step["query"]]
-            segments.append(("turn", protocol.demo_turn_text(think=step["think"], queries=queries)))
-            segments.append(("observation", protocol.observation_text([step["results"]], queries=queries)))
-    return segments
-
-
-def demo_token_segments(
-    demo: dict, protocol: AgentProtocol, tokenizer, max_obs_tokens: int | None
-) -> list[tuple[str, list[int]]]:
-    """A demo as (kind, token ids) segments, each tokenised on its own exactly as the rollout loop builds a
-    trajectory: the prompt is `protocol.prompt_ids`, a turn is its text encoded without special tokens,
-    an observation is `protocol.observation_ids` of the stored hits (cut to `max_obs_tokens`)."""
-    out: list[tuple[str, list[int]]] = []
-    searches = iter(step for step in demo["steps"] if "answer" not in step)
-    for kind, text in render_demo(demo, protocol):
-        if kind == "prompt":
-            out.append((kind, protocol.prompt_ids(demo["question"])))
-        elif kind == "observation":
-            step = next(searches)
-            ids = protocol.observation_ids(
-                [step["results"]], max_tokens=max_obs_tokens, queries=[step["query"]]
-            )
-            out.append((kind, ids))
-        else:
-            out.append((kind, tokenizer.encode(text, add_special_tokens=False)))
-    return out

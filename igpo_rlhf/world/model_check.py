@@ -44,7 +44,8 @@ def forced_beliefs(model, tokenizer, protocol, world_dir: str | Path, cfg, n: in
     """Beliefs along good trajectories (the demonstration recipe) for the first `n` test questions:
     log b at the prompt alone and after each observation. The last observation holds the answer, so a
     model that reads it should put more probability on the gold there than at the prompt."""
-    from igpo_rlhf.world.demos import BM25Search, demo_steps, demo_token_segments
+    from igpo_rlhf.sft.demos import BM25Search, demo_token_segments
+    from igpo_rlhf.world.demos import demo_steps
     from igpo_rlhf.world.world import all_questions, fact_passage_ids, generate_world
 
     world_dir = Path(world_dir)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from igpo_rlhf.sft.demos import render_demo
 from igpo_rlhf.sft.loop import encode_demo, supervised_train
-from igpo_rlhf.world.demos import render_demo
 
 EOS = "<|endoftext|>"
 # Protocol tags that must be single tokens, by protocol. Only search_r1: the tiny model has no chat

@@ -41,8 +41,8 @@ def build_task(out: Path, *, seed: int = 0, sft_steps: int = 800) -> Task:
 
     from igpo_rlhf.config import RolloutConfig
     from igpo_rlhf.rollout.protocols import make_protocol
+    from igpo_rlhf.sft.demos import BM25Search
     from igpo_rlhf.sft.loop import supervised_train
-    from igpo_rlhf.world.demos import BM25Search
     from igpo_rlhf.world.tiny_model import TinyModelOptions, build_model, train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from igpo_rlhf.config import load_config
 from igpo_rlhf.rollout.engine import HFEngine
 from igpo_rlhf.rollout.protocols import make_protocol
-from igpo_rlhf.world.demos import render_demo
+from igpo_rlhf.sft.demos import render_demo
 from igpo_rlhf.world.tiny_model import PROTOCOL_TAGS, encode_demo, main, train_tokenizer
 
 SETS = [

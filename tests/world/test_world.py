@@ -15,7 +15,7 @@ import pytest
 
 from igpo_rlhf.config import RolloutConfig, WorldConfig
 from igpo_rlhf.rollout.protocols import make_protocol
-from igpo_rlhf.world.demos import render_demo
+from igpo_rlhf.sft.demos import render_demo
 from igpo_rlhf.world.world import build_world, main, world_is_built
 from services.search_proxy.client import SearchClient
 from services.search_proxy.launch import start_proxy

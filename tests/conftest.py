@@ -22,12 +22,24 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Torch on one thread in the test process: the models here are tiny, and on a shared 2-core box several
+    threads spin against each other (measured: a 2-layer forward pass 10-30x slower). Actors get
+    OMP_NUM_THREADS=1 from `local_ray`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray per test module (2 logical CPUs; actors ask for fractions); yields its GCS address.
-    Actors and the driver use one torch thread each: more only fight over the 2 cores."""
+    Actors use one torch thread each (OMP_NUM_THREADS=1): more only fight over the 2 cores."""
     import ray
-    import torch
 
     ray.init(
         address="local",
@@ -35,10 +47,7 @@ def local_ray():
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}},
     )
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield ray.get_runtime_context().gcs_address
-    torch.set_num_threads(before)
     ray.shutdown()
 
 

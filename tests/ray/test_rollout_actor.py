@@ -41,15 +41,6 @@ ROLLOUT = {
 PROMPTS = [PromptItem("Where is the tower?", ["Paris"]), PromptItem("Capital of Italy?", ["Rome"])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """In-process reference runs of a tiny model: one torch thread is much faster on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("tiny"))

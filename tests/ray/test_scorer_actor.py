@@ -19,15 +19,6 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread in this process too (see tests/scoring/conftest.py); the actor gets OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """θ_old after an 'update': every weight moved by seeded noise."""
     generator = torch.Generator().manual_seed(1)

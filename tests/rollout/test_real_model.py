@@ -12,7 +12,6 @@ the observation a `tool` message (SmolLM2's template ignores `tools`, so the sch
 from __future__ import annotations
 
 import pytest
-import torch
 
 from igpo_rlhf.data.datasets import read_file
 from igpo_rlhf.models.loading import load_causal_lm, load_tokenizer
@@ -58,10 +57,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def engine(tok):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield HFEngine(load_causal_lm(smollm2_dir()), tok)
-    torch.set_num_threads(before)
+    return HFEngine(load_causal_lm(smollm2_dir()), tok)
 
 
 @pytest.fixture(scope="module")

@@ -71,14 +71,6 @@ def batch(tok):
     return sequences, points, probe_token_ids(tok, "<answer>"), answers, masks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_scorer_equals_per_point_passes_on_the_real_model(batch, dtype):
     model = load_causal_lm(smollm2_dir(), dtype=dtype)

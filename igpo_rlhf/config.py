@@ -858,11 +858,30 @@ def describe_schema(model: type[BaseModel] = Config, prefix: str = "") -> list[s
     return lines
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False, what: str = "") -> None:
+    """`-c/--config FILE` and repeatable `--set KEY=VALUE` (read them back with `load_config(args.config,
+    args.overrides)`): the same two options on every command that takes a config."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        required=required,
+        help=f"YAML config file (see configs/){'; ' + what if what else ''}"
+        + ("" if required else "; the defaults when omitted"),
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, the value parsed as YAML (e.g. --set rollout.n_samples=8); repeatable",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`igpo config`: print the resolved config, or the schema with every field's help."""
     ap = argparse.ArgumentParser(prog="igpo config", description=main.__doc__)
-    ap.add_argument("-c", "--config", help="YAML config file (defaults when omitted)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap)
     ap.add_argument("--schema", action="store_true", help="list every field with its default and help")
     args = ap.parse_args(argv)
     if args.schema:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from igpo_rlhf.config import Config, ConfigError, load_config
+from igpo_rlhf.config import Config, ConfigError, add_config_arguments, load_config
 from igpo_rlhf.eval.questions import load_eval_questions
 from igpo_rlhf.eval.scores import (
     QUESTION_KEY,
@@ -417,8 +417,7 @@ def _in_question_order(rows: list[EvalRow], questions: list[PromptItem], n_sampl
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a model as a search agent on held-out questions: scores per source, rollouts, setting."""
     ap = argparse.ArgumentParser(prog="igpo eval", description=main.__doc__)
-    ap.add_argument("-c", "--config", required=True, help="YAML config file (see configs/)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap, required=True)
     ap.add_argument(
         "--data", nargs="+", metavar="FILE", help="question files or world:test (default: data.eval)"
     )

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from igpo_rlhf.config import ConfigError, load_config
+from igpo_rlhf.config import ConfigError, add_config_arguments, load_config
 
 if TYPE_CHECKING:
     from igpo_rlhf.config import Config
@@ -470,8 +470,7 @@ def detected_gpu_memory_gb() -> float | None:
 def main(argv: list[str] | None = None) -> int:
     """Estimate the GPU memory of every role of a run and refuse (exit 2) a layout that cannot fit."""
     ap = argparse.ArgumentParser(prog="igpo plan", description=main.__doc__)
-    ap.add_argument("-c", "--config", required=True, help="YAML config file (see configs/)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap, required=True)
     ap.add_argument(
         "--gpu-memory-gb",
         type=float,

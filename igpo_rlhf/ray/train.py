@@ -36,7 +36,7 @@ from typing import Any
 
 import ray
 
-from igpo_rlhf.config import Config, ConfigError, load_config, resolve_run_paths
+from igpo_rlhf.config import Config, ConfigError, add_config_arguments, load_config, resolve_run_paths
 from igpo_rlhf.rollout.trajectory import PromptItem
 
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the checkout holding igpo_rlhf and services
@@ -197,8 +197,7 @@ def train(cfg: Config, inputs: RunInputs, *, resume: bool = False) -> list[dict[
 def main(argv: list[str] | None = None) -> int:
     """Train a policy with IGPO, GRPO or PPO from a config file."""
     ap = argparse.ArgumentParser(prog="igpo train", description=main.__doc__)
-    ap.add_argument("-c", "--config", required=True, help="YAML config file (see configs/)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap, required=True)
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     ap.add_argument(
         "--overwrite",

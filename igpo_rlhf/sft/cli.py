@@ -140,18 +140,14 @@ def run_sft(out: Path, cfg, opts: SFTOptions, data: list[str], check_data: str, 
 
 def main(argv: list[str] | None = None) -> int:
     """`igpo sft OUT -c CONFIG`: warm-start model.path on search demonstrations from real QA data."""
-    from igpo_rlhf.config import ConfigError, load_config
+    from igpo_rlhf.config import ConfigError, add_config_arguments, load_config
 
     defaults = SFTOptions()
     ap = argparse.ArgumentParser(prog="igpo sft", description=main.__doc__)
     ap.add_argument("out", help="output directory (Hugging Face format)")
-    ap.add_argument(
-        "-c",
-        "--config",
-        required=True,
-        help="YAML config: model.path, rollout protocol and templates, search.proxy corpus",
+    add_config_arguments(
+        ap, required=True, what="model.path, rollout protocol and templates, search.proxy corpus"
     )
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--model", default=None, help="model to fine-tune (default: model.path of the config)")
     ap.add_argument(
         "--data", nargs="+", default=[TRAIN_DATA], help=f"training question files (default {TRAIN_DATA})"

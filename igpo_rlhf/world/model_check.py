@@ -177,7 +177,7 @@ def check_model(model_dir: str | Path, world_dir: str | Path, cfg, n: int = 64, 
 
 def main(argv: list[str] | None = None) -> int:
     """Roll out a tiny model on the world's test questions; print format, F1 and belief figures."""
-    from igpo_rlhf.config import ConfigError, load_config
+    from igpo_rlhf.config import ConfigError, add_config_arguments, load_config
 
     ap = argparse.ArgumentParser(prog="python -m igpo_rlhf.world.model_check", description=main.__doc__)
     ap.add_argument("model", help="model directory (make-tiny-model output)")
@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--show", type=int, default=3, help="print this many rollouts in full")
-    ap.add_argument("-c", "--config")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap)
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

@@ -207,7 +207,7 @@ def make_tiny_model(out: str | Path, world_dir: str | Path, cfg, opts: TinyModel
 
 def main(argv: list[str] | None = None) -> int:
     """`igpo make-tiny-model OUT`: tokenizer + small Qwen2 model warm-started on the world's demonstrations."""
-    from igpo_rlhf.config import ConfigError, load_config
+    from igpo_rlhf.config import ConfigError, add_config_arguments, load_config
     from igpo_rlhf.world.world import build_world, world_is_built
 
     defaults = TinyModelOptions()
@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--world", default=None, help="world directory (default: data.world.dir); built there if missing"
     )
-    ap.add_argument("-c", "--config", help="YAML config: rollout protocol and templates, data.world")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap, what="rollout protocol and templates, data.world")
     for name, value in asdict(defaults).items():
         ap.add_argument(
             f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"(default {value})"

@@ -488,13 +488,12 @@ def _settings(world_cfg: WorldConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """`igpo build-world OUT`: render the built-in world (corpus, QA splits, demonstrations) into OUT."""
-    from igpo_rlhf.config import ConfigError, load_config
+    from igpo_rlhf.config import ConfigError, add_config_arguments, load_config
 
     ap = argparse.ArgumentParser(prog="igpo build-world", description=main.__doc__)
     ap.add_argument("out", help="output directory")
     ap.add_argument("--seed", type=int, default=None, help="world seed (default: data.world.seed)")
-    ap.add_argument("-c", "--config", help="YAML config: data.world sizes, rollout.search_top_k")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(ap, what="data.world sizes, rollout.search_top_k")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

@@ -154,7 +154,7 @@ def plot_runs(
     chosen = choose_metrics(runs, metrics)
     ncols = min(3, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.1 * nrows + 0.6), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(max(4.4 * ncols, 6.0), 3.1 * nrows + 0.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     groups: dict[str, list[Run]] = {}
@@ -187,11 +187,15 @@ def plot_runs(
         ax.set_visible(False)
     handles = [
         Line2D([], [], color=colors[label], linewidth=2,
-               label=label if len(members) == 1 else f"{label} (mean of {len(members)}, 95% CI)")
+               label=label if len(members) == 1 else f"{label} (n={len(members)})")
         for label, members in groups.items()
     ]  # fmt: skip
     fig.legend(
-        handles=handles, loc="outside lower center", ncols=min(len(groups), 4), frameon=False, fontsize=9
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(groups), 2 * ncols),
+        frameon=False,
+        fontsize=9,
     )
     if title:
         fig.suptitle(title, fontsize=11)

@@ -122,4 +122,4 @@ def test_runs_sharing_a_label_are_their_mean_with_a_95_percent_band_against_roll
     ys = sorted({round(float(y), 4) for y in band.get_paths()[0].vertices[:, 1]})
     assert ys == pytest.approx(sorted({round(m + k * 1.2706, 4) for m in (0.3, 0.5, 0.6) for k in (-1, 1)}))
     assert list(lines["b"].get_ydata()) == pytest.approx([0.1, 0.1, 0.1])  # one run: no band
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a (mean of 2, 95% CI)", "b"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a (n=2)", "b"]

@@ -200,7 +200,8 @@ def check_step(args: argparse.Namespace, engine: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"igpo train exited {proc.returncode}; log: {work / f'step_{engine}.log'}: "
                            f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")  # fmt: skip
-    [row] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    [row] = [r for r in rows if "time/step" in r]  # the step-0 row is the held-out baseline, not a step
     return (f"step {row['time/step']:.1f} s (rollout {row['time/rollout']:.1f}, update {row['time/update']:.1f}, "
             f"sync {row['time/sync']:.1f}), reward/f1 {row['reward/f1']:.2f}, policy/loss {row['policy/loss']:.3f}")  # fmt: skip
 

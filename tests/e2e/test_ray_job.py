@@ -75,7 +75,10 @@ def test_ray_job_submit_runs_a_training_step(tiny, job_cluster, tmp_path):
     assert "succeeded" in out and "step 1/1 |" in out  # the job's console line reaches the submitter
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1]
+    # step 0 is the held-out baseline the demo config validates before training; step 1 the trained step
+    assert [r["step"] for r in rows] == [0, 1]
+    assert "eval/f1" in rows[0] and "time/step" not in rows[0]
+    assert "time/step" in rows[1] and "eval/f1" in rows[1]  # validated again at the end
     rollouts = (run_dir / "rollouts" / "step_00001.jsonl").read_text().splitlines()
     assert len(rollouts) == 2 * 4  # prompts_per_step x n_samples
     assert (run_dir / "checkpoints").is_dir()

@@ -142,21 +142,11 @@ def build_engine(
     if engine == "vllm":  # GPU only: the training path's vLLM engine actors, one per resources.rollout actor
         import ray
 
-        from igpo_rlhf.rollout.vllm_engine import VLLMEngine, create_engines
+        from igpo_rlhf.rollout.vllm_engine import VLLMEngine, create_engines_from_config
 
         if not ray.is_initialized():
             ray.init(address=cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local")
-        v = cfg.rollout.vllm
-        actors, group = create_engines(
-            cfg.model.path,
-            num_engines=cfg.resources.rollout.num_actors,
-            tensor_parallel_size=v.tensor_parallel_size,
-            seed=cfg.eval.seed,
-            max_model_len=v.max_model_len or cfg.rollout.max_total_tokens,
-            gpu_memory_utilization=v.gpu_memory_utilization,
-            enable_prefix_caching=v.enable_prefix_caching,
-            enforce_eager=v.enforce_eager,
-        )
+        actors, group = create_engines_from_config(cfg, seed=cfg.eval.seed)
         return VLLMEngine(actors, placement_group=group)  # close() kills the engines and frees their GPUs
     raise ValueError(f"rollout.engine={engine!r}; accepted: hf, openai, vllm")
 

@@ -110,19 +110,8 @@ class VLLMRollouts:
         from igpo_rlhf.rollout import vllm_engine
         from igpo_rlhf.rollout.searcher import ProxySearcher
 
-        v = cfg.rollout.vllm
         self.cfg = cfg
-        self.engines, group = vllm_engine.create_engines(
-            cfg.model.path,
-            num_engines=cfg.resources.rollout.num_actors,
-            tensor_parallel_size=v.tensor_parallel_size,
-            seed=cfg.train.seed,
-            max_model_len=v.max_model_len or cfg.rollout.max_total_tokens,
-            gpu_memory_utilization=v.gpu_memory_utilization,
-            enable_prefix_caching=v.enable_prefix_caching,
-            enforce_eager=v.enforce_eager,
-            gpus=cfg.resources.rollout.num_gpus,
-        )
+        self.engines, group = vllm_engine.create_engines_from_config(cfg, seed=cfg.train.seed)
         watch.register("vllm engine", self.engines)
         self.engine = vllm_engine.VLLMEngine(self.engines, placement_group=group)
         self.tokenizer = tokenizer

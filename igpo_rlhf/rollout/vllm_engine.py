@@ -235,6 +235,23 @@ class VLLMEngine:
 
 
 # ------------------------------------------------------------------------------------ creation and sync
+def create_engines_from_config(cfg: Any, *, seed: int) -> tuple[list[Any], Any]:
+    """`create_engines` with the run config's settings (model.path, resources.rollout, rollout.vllm): the
+    one place training (`ray/generators.py`) and `igpo eval` turn the config into engine actors."""
+    v = cfg.rollout.vllm
+    return create_engines(
+        cfg.model.path,
+        num_engines=cfg.resources.rollout.num_actors,
+        tensor_parallel_size=v.tensor_parallel_size,
+        seed=seed,
+        max_model_len=v.max_model_len or cfg.rollout.max_total_tokens,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+        enable_prefix_caching=v.enable_prefix_caching,
+        enforce_eager=v.enforce_eager,
+        gpus=cfg.resources.rollout.num_gpus,
+    )
+
+
 def create_engines(
     model_path: str,
     *,

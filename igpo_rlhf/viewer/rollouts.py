@@ -87,6 +87,18 @@ def missing_keys(row: dict[str, Any]) -> list[str]:
     return [k for k in REQUIRED_KEYS if k not in row]
 
 
+def row_identity(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields a list row and a trajectory page both show as stored: ids, source, question, golds, finish."""
+    return {
+        "group_id": row.get("group_id") if isinstance(row.get("group_id"), int) else None,
+        "sample_id": row.get("sample_id") if isinstance(row.get("sample_id"), int) else None,
+        "source": str(row["source"]) if row.get("source") is not None else None,
+        "question": str(row["question"]),
+        "golds": [str(g) for g in row["golds"]] if isinstance(row["golds"], list) else [str(row["golds"])],
+        "finish_reason": str(row["finish_reason"]),
+    }
+
+
 def outcome_of(answer: str | None, em: float | None, f1: float | None) -> str:
     """correct (EM 1), partial (F1 > 0), wrong (answered, F1 0) or no_answer (no well-formed answer)."""
     if answer is None:
@@ -142,13 +154,8 @@ def summarize(
         index=index,
         step=row_step if isinstance(row_step, int) else step,
         group=group_key(row),
-        group_id=row.get("group_id") if isinstance(row.get("group_id"), int) else None,
-        sample_id=row.get("sample_id") if isinstance(row.get("sample_id"), int) else None,
-        source=str(row["source"]) if row.get("source") is not None else None,
-        question=str(row["question"]),
-        golds=[str(g) for g in row["golds"]] if isinstance(row["golds"], list) else [str(row["golds"])],
+        **row_identity(row),
         answer=answer,
-        finish_reason=str(row["finish_reason"]),
         outcome=outcome_of(answer, em, f1),
         turns=len(row["turn_spans"]),
         searches=searches,

@@ -27,7 +27,14 @@ from igpo_rlhf.viewer.credit import (
     group_credit,
 )
 from igpo_rlhf.viewer.directory import ViewedDirectory
-from igpo_rlhf.viewer.rollouts import RolloutsFile, RowSummary, finite_or_none, group_key, outcome_of
+from igpo_rlhf.viewer.rollouts import (
+    RolloutsFile,
+    RowSummary,
+    finite_or_none,
+    group_key,
+    outcome_of,
+    row_identity,
+)
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 _MARKUP = re.compile(r"<(search|answer|tool_call)>.*?(?:</\1>|$)", re.DOTALL)
@@ -359,13 +366,8 @@ def _trajectory_detail(
         kind=view.kind,
         step=row.get("step") if isinstance(row.get("step"), int) else file.step,
         group=group,
-        group_id=row.get("group_id") if isinstance(row.get("group_id"), int) else None,
-        sample_id=row.get("sample_id") if isinstance(row.get("sample_id"), int) else None,
-        source=str(row["source"]) if row.get("source") is not None else None,
-        question=str(row["question"]),
-        golds=[str(g) for g in row["golds"]] if isinstance(row["golds"], list) else [str(row["golds"])],
+        **row_identity(row),
         answer=answer,
-        finish_reason=str(row["finish_reason"]),
         outcome=outcome_of(answer, em, f1),
         f1=f1,
         em=em,

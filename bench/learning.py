@@ -12,10 +12,11 @@ one search proxy and go one after another. The estimators:
     igpo        the paper's formula: IG = b_t - b_{t-1}, joint normalisation (prob_diff, joint)
     igpo_2026   the authors' 2026 recipe: IG = log b_t - log b_{t-1}, separate normalisation
     ppo         GAE with a critic (algorithm.estimator=ppo)
+    igpo_2026_half  igpo_2026 with algorithm.ig_coef=0.5 (not run by default: --estimators ... igpo_2026_half)
 
-It writes into --out: one run directory per (estimator, seed), `learning.png` (held-out F1 against steps and
-against rollouts consumed: the mean over seeds with a 95% interval, one line per estimator, drawn by
-`igpo_rlhf.viewer.plot.plot_runs`), `learning.md` (the table below, and held-out F1 by hop count) and
+It writes into --out: one run directory per (estimator, seed), `learning_steps.png` and
+`learning_rollouts.png` (held-out F1 against steps and against rollouts consumed: the mean over seeds with a
+95% interval, one line per estimator, drawn by `igpo_rlhf.viewer.plot.plot_runs`), `learning.md` (the table below, and held-out F1 by hop count) and
 `learning.json` (every number), then prints the table. Columns: held-out F1 at step 0 and at the last step
 (mean ± 95% half-width over seeds), the first step whose held-out F1 reaches --threshold (mean over seeds
 of each run's first such step; "-" when a run never does), the area under the held-out F1 curve over steps
@@ -42,7 +43,15 @@ ESTIMATORS = {
     "igpo": ["algorithm.estimator=igpo", "algorithm.ig_kind=prob_diff", "algorithm.norm=joint"],
     "igpo_2026": ["algorithm.estimator=igpo", "algorithm.ig_kind=log_prob_diff", "algorithm.norm=separate"],
     "ppo": ["algorithm.estimator=ppo"],
+    # the fix the analysis in bench/RESULTS.md points to: the 2026 recipe with the IG terms at half weight
+    "igpo_2026_half": [
+        "algorithm.estimator=igpo",
+        "algorithm.ig_kind=log_prob_diff",
+        "algorithm.norm=separate",
+        "algorithm.ig_coef=0.5",
+    ],
 }
+DEFAULT_ESTIMATORS = ["grpo", "igpo", "igpo_2026", "ppo"]
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -152,7 +161,7 @@ def hops_table(summaries: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/learning.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("-c", "--config", default="configs/demo.yaml")
-    ap.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    ap.add_argument("--estimators", nargs="+", default=DEFAULT_ESTIMATORS, choices=list(ESTIMATORS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     ap.add_argument(

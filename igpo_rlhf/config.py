@@ -111,6 +111,12 @@ class AlgorithmConfig(_Section):
         description="Group normalisation pool: joint (all turn rewards of the group together) or separate "
         "(IG rewards among IG rewards, outcomes among outcomes).",
     )
+    ig_coef: float = Field(
+        1.0,
+        ge=0.0,
+        description="Weight of the normalised IG rewards r̃_{i,t<T} in Â (1: the paper; ours, not the paper's: "
+        "< 1 trusts the outcome more; with norm separate, 0 is exactly GRPO). bench/RESULTS.md, Learning.",
+    )
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="Turn discount γ in Â_{i,t} = Σ_k γ^{k-t} r̃_{i,k}.")
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ (estimator=ppo only).")
     gae_gamma: float = Field(

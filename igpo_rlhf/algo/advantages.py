@@ -64,6 +64,7 @@ def turn_advantages(
     gamma: float = 1.0,
     norm: str = "joint",
     adv_eps: float = 1e-6,
+    ig_coef: float = 1.0,
 ) -> list[list[float]]:
     """Turn advantages Â_{i,t} of every rollout.
 
@@ -71,12 +72,16 @@ def turn_advantages(
     turns followed by its outcome reward (so a list of length 1 is a GRPO rollout). `group_ids[i]`
     names the prompt group of rollout i. Rewards are normalised within each group
     (`group_normalize`): `norm="joint"` pools every r_{i,t} of the group; `norm="separate"` pools the
-    IG rewards of the group among themselves and the outcomes among themselves. Then
-    Â_{i,t} = Σ_{k >= t} γ^{k-t} r̃_{i,k}. Returns a list shaped like `turn_rewards`.
+    IG rewards of the group among themselves and the outcomes among themselves. The normalised IG rewards
+    (t < T_i) are then multiplied by `ig_coef` (1: the paper; an extension of ours, not in the paper: with
+    norm="separate", ig_coef=0 gives exactly GRPO's advantages). Then Â_{i,t} = Σ_{k >= t} γ^{k-t} r̃_{i,k}.
+    Returns a list shaped like `turn_rewards`.
     """
     check_option("norm", norm, NORMS)
     check_unit_interval("gamma", gamma)
     _check_eps(adv_eps)
+    if not (isinstance(ig_coef, (int, float)) and math.isfinite(ig_coef) and ig_coef >= 0):
+        raise ValueError(f"ig_coef={ig_coef!r} must be a finite number >= 0")
     if len(turn_rewards) != len(group_ids):
         raise ValueError(
             f"turn_rewards has {len(turn_rewards)} rollouts but group_ids has {len(group_ids)}; one id per rollout"
@@ -102,7 +107,7 @@ def turn_advantages(
         for pool in pools:
             pooled = group_normalize([rewards[i][t] for i, t in pool], adv_eps)
             for (i, t), value in zip(pool, pooled, strict=True):
-                normalized[i][t] = value
+                normalized[i][t] = value if t == len(rewards[i]) - 1 else ig_coef * value
     return [discounted_sums(row, gamma) for row in normalized]
 
 

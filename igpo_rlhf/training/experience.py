@@ -124,13 +124,14 @@ def turn_level_advantages(
     gamma: float,
     norm: str,
     adv_eps: float,
+    ig_coef: float = 1.0,
 ) -> list[list[float]]:
     """Â_{i,t} for t = 1..T_i of every rollout.
 
     igpo (T_i rewards each): `turn_advantages` (group-normalised, discounted). grpo (one reward each):
     the group-normalised outcome advantage, the same on every one of the rollout's T_i turns.
     """
-    advs = turn_advantages(rewards, group_ids, gamma=gamma, norm=norm, adv_eps=adv_eps)
+    advs = turn_advantages(rewards, group_ids, gamma=gamma, norm=norm, adv_eps=adv_eps, ig_coef=ig_coef)
     out = []
     for i, (a, t) in enumerate(zip(advs, num_turns, strict=True)):
         if len(a) == t:
@@ -210,6 +211,7 @@ def assign_credit(
         gamma=algo.gamma,
         norm=algo.norm,
         adv_eps=algo.adv_eps,
+        ig_coef=algo.ig_coef,
     )
     token_adv = token_advantage_rows(per_turn, [t.turn_spans for t in trajectories], lengths)
     return Credit(turn_r, per_turn, token_adv)

@@ -5,7 +5,7 @@ For the n rollouts of one prompt (same step, same group_id), from the stored bel
 
     r_{i,t}   IG rewards               info_gain_rewards(beliefs, ig_kind), t < T_i; outcome at t = T_i
     r̃_{i,t}   normalised in the group  turn_advantages(..., gamma=0): with γ = 0 the sum is r̃ itself
-    Â_{i,t}   IGPO turn advantage      turn_advantages(rewards, group, gamma, norm, adv_eps)
+    Â_{i,t}   IGPO turn advantage      turn_advantages(rewards, group, gamma, norm, adv_eps, ig_coef)
     Â_i       GRPO advantage           grpo_advantages(outcomes, group, adv_eps), the same on every turn
 
 so the viewer shows what each estimator gives the same rollouts, and checks the trainer's stored
@@ -33,6 +33,7 @@ class CreditSettings:
     ig_kind: str = AlgorithmConfig.model_fields["ig_kind"].default
     norm: str = AlgorithmConfig.model_fields["norm"].default
     gamma: float = AlgorithmConfig.model_fields["gamma"].default
+    ig_coef: float = AlgorithmConfig.model_fields["ig_coef"].default
     adv_eps: float = AlgorithmConfig.model_fields["adv_eps"].default
     outcome_metric: str = AlgorithmConfig.model_fields["outcome_metric"].default
     f1_variant: str = AlgorithmConfig.model_fields["f1_variant"].default
@@ -94,7 +95,7 @@ def group_credit(rollouts: Sequence[RolloutInput], settings: CreditSettings) -> 
         return GroupCredit([RolloutCredit(None, None, None, None, g) for g in grpo_rows], note)
     ig = [info_gain_rewards(r.log_beliefs or [], settings.ig_kind) for r in rollouts]
     rewards = [g + [r.outcome] for g, r in zip(ig, rollouts, strict=True)]
-    common = {"norm": settings.norm, "adv_eps": settings.adv_eps}
+    common = {"norm": settings.norm, "adv_eps": settings.adv_eps, "ig_coef": settings.ig_coef}
     normalized = turn_advantages(rewards, group, gamma=0.0, **common)
     igpo = turn_advantages(rewards, group, gamma=settings.gamma, **common)
     out = [RolloutCredit(*parts) for parts in zip(ig, rewards, normalized, igpo, grpo_rows, strict=True)]

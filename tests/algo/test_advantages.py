@@ -53,6 +53,39 @@ def test_separate_by_hand():
     assert adv[2] == pytest.approx([0.0 + math.sqrt(2), math.sqrt(2)], abs=1e-12)
 
 
+def test_ig_coef_scales_the_normalised_ig_terms_by_hand():
+    # the separate case above with ig_coef 0.5: IG r̃ = -1/a, 1/a, 0 become -0.5/a, 0.5/a, 0; outcomes unchanged
+    a, o = math.sqrt(2 / 3), -1 / math.sqrt(2)
+    rewards, groups = [[1.0, 3.0, 0.0], [0.0], [2.0, 1.0]], ["g"] * 3
+    adv = turn_advantages(rewards, groups, norm="separate", adv_eps=0.0, ig_coef=0.5)
+    assert adv[0] == pytest.approx([-0.5 / a + 0.5 / a + o, 0.5 / a + o, o], abs=1e-12)
+    assert adv[1] == pytest.approx([o], abs=1e-12)
+    assert adv[2] == pytest.approx([math.sqrt(2), math.sqrt(2)], abs=1e-12)
+    # joint: the pool {1, 3, 0} | {0} | {2, 1} is normalised once, then only the IG slots are scaled
+    joint = reference_normalize([1.0, 3.0, 0.0, 0.0, 2.0, 1.0], 0.0)
+    adv = turn_advantages(rewards, groups, adv_eps=0.0, ig_coef=0.25)
+    r0 = [0.25 * joint[0], 0.25 * joint[1], joint[2]]
+    assert adv[0] == pytest.approx([sum(r0), sum(r0[1:]), r0[2]], abs=1e-12)
+    assert adv[2] == pytest.approx([0.25 * joint[4] + joint[5], joint[5]], abs=1e-12)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.floats(-2.0, 2.0, allow_subnormal=False), min_size=1, max_size=5),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=16,
+    )
+)
+def test_ig_coef_zero_with_separate_norm_is_grpo_whatever_the_ig(rows):
+    rewards, groups = zip(*rows, strict=True)
+    adv = turn_advantages(list(rewards), groups, norm="separate", ig_coef=0.0)
+    grpo = grpo_advantages([row[-1] for row in rewards], groups)
+    assert adv == [[g] * len(row) for g, row in zip(grpo, rewards, strict=True)]
+
+
 def test_joint_differs_from_separate():
     rewards, groups = [[1.0, 3.0, 0.0], [0.0], [2.0, 1.0]], ["g"] * 3
     # joint pools {1,3,0,0,2,1}: mean 7/6 -- a different centring than the separate pools above
@@ -223,6 +256,8 @@ def test_token_advantages_reject_bad_spans(advs, spans, seq_len, match):
         ([[1.0]], [0], {"norm": "sep"}, "norm='sep' is not an option; accepted: 'joint', 'separate'"),
         ([[1.0]], [0], {"gamma": 1.5}, r"gamma=1.5 must be a number in \[0, 1\]"),
         ([[1.0]], [0], {"adv_eps": -1e-6}, "adv_eps=-1e-06 must be a finite number >= 0"),
+        ([[1.0]], [0], {"ig_coef": -0.5}, "ig_coef=-0.5 must be a finite number >= 0"),
+        ([[1.0]], [0], {"ig_coef": float("nan")}, "ig_coef=nan must be a finite number >= 0"),
     ],
 )
 def test_turn_advantages_reject_bad_input(rewards, groups, kwargs, match):

@@ -24,9 +24,10 @@ def snapshot(directory: Path) -> dict[str, str]:
     }
 
 
-def slow_credit(beliefs, outcomes, *, kind="prob_diff", norm="joint", gamma=1.0):
+def slow_credit(beliefs, outcomes, *, kind="prob_diff", norm="joint", gamma=1.0, ig_coef=1.0):
     """IGPO and GRPO written out: r_t = b_t - b_{t-1} (or log b), outcome last; r̃ = (r - mean)/(std + ε)
-    with the population std over the pool (an all-equal pool gives 0); Â_t = Σ_k γ^(k-t) r̃_k."""
+    with the population std over the pool (an all-equal pool gives 0), IG terms times ig_coef;
+    Â_t = Σ_k γ^(k-t) r̃_k."""
 
     def normalize(values):
         mean = sum(values) / len(values)
@@ -49,7 +50,7 @@ def slow_credit(beliefs, outcomes, *, kind="prob_diff", norm="joint", gamma=1.0)
     for pool in pools:
         if pool:
             for (i, t), v in zip(pool, normalize([rewards[i][t] for i, t in pool]), strict=True):
-                normed[i][t] = v
+                normed[i][t] = v if t == len(rewards[i]) - 1 else ig_coef * v
     adv = [[sum(gamma ** (k - t) * n[k] for k in range(t, len(n))) for t in range(len(n))] for n in normed]
     grpo = normalize(outcomes)
     return rewards, normed, adv, [[g] * len(b) for g, b in zip(grpo, beliefs, strict=True)]

@@ -154,17 +154,24 @@ def test_metrics_last_line_of_a_step_wins_and_bad_lines_are_reported(tmp_path):
 
 # --------------------------------------------------------------------------------------------- credit
 @pytest.mark.parametrize(
-    ("kind", "norm", "gamma"), [("prob_diff", "joint", 1.0), ("log_prob_diff", "separate", 0.9)]
+    ("kind", "norm", "gamma", "ig_coef"),
+    [
+        ("prob_diff", "joint", 1.0, 1.0),
+        ("log_prob_diff", "separate", 0.9, 1.0),
+        ("prob_diff", "separate", 1.0, 0.3),
+    ],
 )
-def test_group_credit_equals_the_formulas(kind, norm, gamma):
+def test_group_credit_equals_the_formulas(kind, norm, gamma, ig_coef):
     rng = random.Random(3)
     beliefs = [[-rng.uniform(0.1, 6.0) for _ in range(rng.randint(1, 4))] for _ in range(6)]
     outcomes = [rng.choice([0.0, 0.5, 1.0, -2.0]) for _ in beliefs]
-    settings = CreditSettings(ig_kind=kind, norm=norm, gamma=gamma)
+    settings = CreditSettings(ig_kind=kind, norm=norm, gamma=gamma, ig_coef=ig_coef)
     credit = group_credit(
         [RolloutInput(len(b), o, b) for b, o in zip(beliefs, outcomes, strict=True)], settings
     )
-    rewards, normed, adv, grpo = slow_credit(beliefs, outcomes, kind=kind, norm=norm, gamma=gamma)
+    rewards, normed, adv, grpo = slow_credit(
+        beliefs, outcomes, kind=kind, norm=norm, gamma=gamma, ig_coef=ig_coef
+    )
     assert credit.note is None
     for c, r, n, a, g in zip(credit.rollouts, rewards, normed, adv, grpo, strict=True):
         assert c.rewards == pytest.approx(r, abs=1e-12)

@@ -3,6 +3,7 @@ Ray fixture the actor and end-to-end tests share, and the tiny world + model + s
 end-to-end and eval tests share (built once per session)."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -35,20 +36,48 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray per test module (2 logical CPUs; actors ask for fractions); yields its GCS address.
-    Actors use one torch thread each (OMP_NUM_THREADS=1): more only fight over the 2 cores."""
+RAY_CPUS = 2
+
+
+def start_local_ray() -> None:
     import ray
 
     ray.init(
         address="local",
-        num_cpus=2,
+        num_cpus=RAY_CPUS,
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}},
     )
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down at the end of the session the local Ray that `local_ray` keeps between modules."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray(_ray_session):
+    """One local Ray (2 logical CPUs; actors ask for fractions), started by the first module that asks and kept
+    for the next (starting one costs ~7 s here); yields its GCS address. A module that leaves actors holding
+    CPUs behind gets it restarted, so the next module starts on an empty cluster. Actors use one torch thread
+    each (OMP_NUM_THREADS=1): more only fight over the 2 cores."""
+    import ray
+
+    if not ray.is_initialized():
+        start_local_ray()
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if not ray.is_initialized():
+        return
+    deadline = time.monotonic() + 5.0
+    while ray.available_resources().get("CPU", 0.0) < RAY_CPUS and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if ray.available_resources().get("CPU", 0.0) < RAY_CPUS:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,10 @@ def policy_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 )  # the check's default timeout is 5 s per request, no retries (not 30 s x 3 attempts)
 def test_a_backend_that_never_answers_is_exit_2_before_ray_starts(tiny, tmp_path, capsys):
     run_dir = tmp_path / "hung"
+    if (
+        ray.is_initialized()
+    ):  # the suite's local Ray (tests/conftest.py), so that the check below means something
+        ray.shutdown()
     with hanging_socket() as url:
         code = train_main(["-c", str(config_file(tiny, run_dir, f"search.url={url}"))])
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,27 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def job_cluster():
-    """A local Ray with its dashboard (the job server) on a free loopback port; yields the job address."""
+def job_cluster(monkeypatch):
+    """A local Ray with its dashboard (the job server) on a free loopback port; yields the job address.
+
+    The job server hands each submission to the node's dashboard agent, which listens on Ray's fixed default
+    port 52365; any other Ray on this machine (a benchmark, a run, the agents of a killed one still exiting)
+    holds that port, and the job server then answers every submission "No available agent". `ray start` has
+    --dashboard-agent-listen-port for this, `ray.init` has no argument for it: the test gives the agent a free
+    port through the parameters `ray.init` builds (Ray's private RayParams)."""
+    from ray._private import parameter
+
+    agent_port = free_port()
+    make_params = parameter.RayParams.__init__
+
+    def with_agent_port(self, *args, **kwargs):
+        kwargs.setdefault("dashboard_agent_listen_port", agent_port)
+        make_params(self, *args, **kwargs)
+
+    monkeypatch.setattr(parameter.RayParams, "__init__", with_agent_port)
     port = free_port()
+    if ray.is_initialized():  # the suite's local Ray (tests/conftest.py) has no job server
+        ray.shutdown()
     ray.init(
         address="local",
         num_cpus=2,
@@ -65,12 +84,19 @@ def test_ray_job_submit_runs_a_training_step(tiny, job_cluster, tmp_path):
     for item in overrides:
         entrypoint += ["--set", item]
     ray_cli = Path(sys.executable).with_name("ray")
-    proc = subprocess.run(
-        [str(ray_cli), "job", "submit", "--address", job_cluster, "--working-dir", ".",
-         "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    out = proc.stdout + proc.stderr
+    # A fresh head node's agent registers a moment after ray.init; until then the job server refuses every
+    # submission with "No available agent ... please try again later" and starts nothing: retried on that only.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = subprocess.run(
+            [str(ray_cli), "job", "submit", "--address", job_cluster, "--working-dir", ".",
+             "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "No available agent" not in out or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out and "step 1/1 |" in out  # the job's console line reaches the submitter
 

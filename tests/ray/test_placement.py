@@ -25,6 +25,8 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def gpu_ray():
+    if ray.is_initialized():  # the suite's CPU-only local Ray (tests/conftest.py): this module needs GPUs
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
     yield

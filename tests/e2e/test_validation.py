@@ -8,6 +8,7 @@ the collapse is a real one (a learning rate of 0.1 blows the policy's KL up) aft
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,15 +128,24 @@ def collapse_args(tiny, run_dir: Path, *extra: str) -> list[str]:
     return ["-c", str(config)]
 
 
+@pytest.fixture(scope="module")
+def healthy_run(tiny, proxy, tmp_path_factory) -> Path:
+    """Two healthy steps at lr 1e-4, a checkpoint each: the start both collapse tests resume a copy of."""
+    run_dir = tmp_path_factory.mktemp("collapse") / "healthy"
+    args = collapse_args(tiny, run_dir, f"search.url={proxy.url}", "train.collapse.max_rollbacks=2")
+    assert train_main([*args, "--set", "train.steps=2"]) == 0
+    return run_dir
+
+
 @pytest.mark.parametrize("action", ["stop", "rollback"])
 def test_a_collapsing_run_stops_or_rolls_back_to_the_last_good_checkpoint(
-    tiny, proxy, tmp_path, capsys, action
+    tiny, proxy, healthy_run, tmp_path, capsys, action
 ):
     run_dir = tmp_path / action
+    shutil.copytree(healthy_run, run_dir)
     args = collapse_args(tiny, run_dir, f"search.url={proxy.url}", f"train.on_collapse={action}",
                          "train.collapse.max_rollbacks=2")  # fmt: skip
-    # two healthy steps at lr 1e-4, then the same run resumed at lr 0.1: its first update wrecks the policy
-    assert train_main([*args, "--set", "train.steps=2"]) == 0
+    # the two healthy steps resumed at lr 0.1: the first update at that rate wrecks the policy
     code = train_main([*args, "--resume", "--set", "train.steps=6", "--set", "train.lr=0.1"])
     err = capsys.readouterr().err
     assert code == 3

@@ -133,16 +133,24 @@ def place_roles(
             r, spec.num_actors, spec.num_cpus, spec.num_gpus, group, tuple(range(spec.num_actors))
         )
 
-    for group, what in pending:
-        try:
-            ray.get(group.ready(), timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError as err:
-            release(placements)
-            raise TimeoutError(
-                f"the Ray cluster cannot reserve {what} within {timeout_s:.0f}s (available: "
-                f"{ray.available_resources()}); lower resources.<role>.num_cpus / num_gpus / num_actors"
-            ) from err
+    try:
+        for group, what in pending:
+            wait_ready(group, what, timeout_s, "lower resources.<role>.num_cpus / num_gpus / num_actors")
+    except TimeoutError:
+        release(placements)
+        raise
     return placements
+
+
+def wait_ready(group: PlacementGroup, what: str, timeout_s: float, remedy: str) -> None:
+    """Wait for `group` to be placed; TimeoutError naming `what` was asked, what is free, and the `remedy`."""
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as err:
+        raise TimeoutError(
+            f"the Ray cluster cannot reserve {what} within {timeout_s:.0f}s "
+            f"(available: {ray.available_resources()}); {remedy}"
+        ) from err
 
 
 def release(placements: dict[str, RolePlacement]) -> None:

@@ -303,19 +303,18 @@ def create_engines(
 
 def reserve_engine_gpus(n_gpus: int, gpus: float = 1.0, *, timeout_s: float) -> Any:
     """A placement group of `n_gpus` bundles {GPU: gpus, CPU: 1} (PACK), ready; TimeoutError with what is free."""
-    import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    from igpo_rlhf.ray.placement import wait_ready
+
     group = placement_group([{"GPU": gpus, "CPU": 1} for _ in range(n_gpus)], strategy="PACK")
+    what = (f"{n_gpus} GPU(s) for the vLLM engines (resources.rollout.num_actors x "
+            "rollout.vllm.tensor_parallel_size)")  # fmt: skip
     try:
-        ray.get(group.ready(), timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError as err:
+        wait_ready(group, what, timeout_s, "lower those or free GPUs")
+    except TimeoutError:
         remove_placement_group(group)
-        raise TimeoutError(
-            f"the Ray cluster cannot reserve {n_gpus} GPU(s) for the vLLM engines (resources.rollout.num_actors x "
-            f"rollout.vllm.tensor_parallel_size) within {timeout_s:.0f}s (available: {ray.available_resources()}); "
-            "lower those or free GPUs"
-        ) from err
+        raise
     return group
 
 

@@ -226,10 +226,7 @@ class Trainer:
                 f"--resume: the checkpoint was trained with train.seed={state['seed']}, the config has "
                 f"{self.cfg.train.seed}; the data order and sampling would differ"
             )
-        refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
-        if self.critic is not None:
-            refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
-        self._wait(refs, f"checkpoint load from {directory}", "start_s")
+        self._load_actor_checkpoints(directory)
         self._restore(state)
         self._sync_weights(version=step)
         print(f"resumed from {directory} (step {step})", flush=True)
@@ -247,6 +244,13 @@ class Trainer:
         if "search_guard" in state:
             self.search_guard.load_state_dict(state["search_guard"])
         self._set_lr_scale(state.get("lr_scale", 1.0))
+
+    def _load_actor_checkpoints(self, directory: Path) -> None:
+        """The policy's (and critic's) weights and optimizer state from checkpoint `directory`."""
+        refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
+        if self.critic is not None:
+            refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
+        self._wait(refs, f"checkpoint load from {directory}", "start_s")
 
     def _set_lr_scale(self, scale: float) -> None:
         """Policy (and critic) learning rates = the configured ones x scale."""
@@ -340,10 +344,7 @@ class Trainer:
             f"with the learning rate x{scale:g} (rollback {self.rollbacks}/{self.cfg.train.collapse.max_rollbacks})",
             flush=True,
         )
-        refs = self.policy.call_async("load_checkpoint", str(directory / "policy"))
-        if self.critic is not None:
-            refs += self.critic.call_async("load_checkpoint", str(directory / "critic"))
-        self._wait(refs, f"checkpoint load from {directory}", "start_s")
+        self._load_actor_checkpoints(directory)
         rollbacks, good_steps = self.rollbacks, self.good_steps
         self._restore(load_trainer_state(directory))
         self.rollbacks = rollbacks

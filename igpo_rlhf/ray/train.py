@@ -245,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ActorDied, ActorTimedOut) as exc:
         print(f"igpo train: {exc}. The run stopped; {_last_checkpoint(cfg)}", file=sys.stderr)
         return 5 if isinstance(exc, ActorDied) else 6
-    print(run_summary(cfg), flush=True)
+    print(run_summary(cfg, len(inputs.eval_prompts)), flush=True)
     return 0
 
 
-def run_summary(cfg: Config) -> str:
-    """The line a finished run ends with: where it is, and held-out F1 before and after (when validated)."""
+def run_summary(cfg: Config, n_eval: int) -> str:
+    """The line a finished run ends with: where it is, and held-out F1 before and after on the `n_eval`
+    validation questions (when validated)."""
     import json
 
     run_dir = Path(cfg.logging.run_dir)
@@ -261,7 +262,7 @@ def run_summary(cfg: Config) -> str:
         (s0, f0), (s1, f1) = evals[0], evals[-1]
         best_step, best = max(evals, key=lambda e: (e[1], -e[0]))
         text += (
-            f"\nheld-out F1 on {', '.join(cfg.data.eval)} ({len(validation_prompts(cfg))} questions, "
+            f"\nheld-out F1 on {', '.join(cfg.data.eval)} ({n_eval} questions, "
             f"{'greedy' if cfg.eval.temperature == 0 else f'temperature {cfg.eval.temperature:g}'}): "
             f"{f0:.3f} at step {s0} → {f1:.3f} at step {s1} ({f1 - f0:+.3f}); best {best:.3f} at step "
             f"{best_step}: {run_dir / 'checkpoints' / 'best'}"

@@ -108,14 +108,22 @@ def get(refs: Sequence[ray.ObjectRef], doing: str, timeout_s: float, key: str) -
     the config key that sets it), ActorDied as soon as one of them dies. The values, in the order of refs."""
     index = {ref: i for i, ref in enumerate(refs)}
     values: list[Any] = [None] * len(refs)
-    for ref in wait(refs, doing, timeout_s, key):
-        values[index[ref]] = ray.get(ref)
+    for ref, value in _arrivals(refs, doing, timeout_s, key):
+        values[index[ref]] = value
     return values
 
 
 def wait(refs: Sequence[ray.ObjectRef], doing: str, timeout_s: float, key: str) -> Iterator[ray.ObjectRef]:
     """Yields each ref as its result arrives, for callers that gather the values themselves (each finished
     ref is read here once, so a dead actor is reported at once); ActorTimedOut / ActorDied as `get`."""
+    for ref, _ in _arrivals(refs, doing, timeout_s, key):
+        yield ref
+
+
+def _arrivals(
+    refs: Sequence[ray.ObjectRef], doing: str, timeout_s: float, key: str
+) -> Iterator[tuple[ray.ObjectRef, Any]]:
+    """(ref, value) as each result arrives, read once; ActorTimedOut / ActorDied as `get`."""
     pending = list(refs)
     deadline = time.monotonic() + timeout_s
     while pending:
@@ -123,7 +131,7 @@ def wait(refs: Sequence[ray.ObjectRef], doing: str, timeout_s: float, key: str) 
         if not ready:
             raise timed_out(pending, doing, timeout_s, key)
         try:
-            ray.get(ready[0])
+            value = ray.get(ready[0])
         except (RayActorError, OutOfMemoryError) as exc:
             raise died(exc, doing, _actor_of(ready[0])) from exc
-        yield ready[0]
+        yield ready[0], value

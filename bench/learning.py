@@ -76,14 +76,13 @@ def run_summary(run_dir: Path, threshold: float) -> dict:
     # area under the held-out curve (trapezoids over steps), divided by the steps: the mean F1 during training
     auc = sum((s1 - s0) * (f0 + f1) / 2 for (s0, f0), (s1, f1) in zip(evals, evals[1:], strict=False))
     auc /= max(evals[-1][0] - evals[0][0], 1)
-    last_step = evals[-1][0]
-    by_hops: dict[str, list[float]] = {}
-    for row in read_jsonl(run_dir / "eval_rollouts" / f"step_{last_step:05d}.jsonl"):
-        by_hops.setdefault(str(row["meta"].get("hops")), []).append(row["f1"])
-    first_rows = read_jsonl(run_dir / "eval_rollouts" / f"step_{evals[0][0]:05d}.jsonl")
-    first_hops: dict[str, list[float]] = {}
-    for row in first_rows:
-        first_hops.setdefault(str(row["meta"].get("hops")), []).append(row["f1"])
+
+    def f1_by_hops(step: int) -> dict[str, float]:
+        """Mean held-out F1 by the question's hop count, from the validation rollouts of `step`."""
+        by_hops: dict[str, list[float]] = {}
+        for row in read_jsonl(run_dir / "eval_rollouts" / f"step_{step:05d}.jsonl"):
+            by_hops.setdefault(str(row["meta"].get("hops")), []).append(row["f1"])
+        return {h: statistics.fmean(v) for h, v in sorted(by_hops.items())}
 
     def avg(key: str) -> float | None:
         vals = [m[key] for m in steps if m.get(key) is not None]
@@ -96,8 +95,8 @@ def run_summary(run_dir: Path, threshold: float) -> dict:
         "best_f1": max(f for _, f in evals),
         "steps_to_threshold": reach,
         "auc": auc,
-        "f1_by_hops_start": {h: statistics.fmean(v) for h, v in sorted(first_hops.items())},
-        "f1_by_hops_end": {h: statistics.fmean(v) for h, v in sorted(by_hops.items())},
+        "f1_by_hops_start": f1_by_hops(evals[0][0]),
+        "f1_by_hops_end": f1_by_hops(evals[-1][0]),
         "zero_var_groups": avg("adv/zero_var_groups"),
         "distinct_frac": avg("rollout/distinct_frac"),
         "ig_mean": avg("ig/mean"),
